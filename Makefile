@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make ui` (install + start the chat UI)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= offline-llm,faces,dev
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PROFILE ?= offline
+
+.PHONY: install ui test browser clean
+
+# Installs the project (editable) with the offline planner, the face analyser and the test tools.
+# torch is pinned in pyproject.toml (a CPU wheel; an unpinned torch would pull GBs of CUDA).
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed
+
+ui: install
+	$(BIN)/atelier ui --profile $(PROFILE) --host $(HOST) --port $(PORT)
+
+# Headless Chromium for the browser tests (Debian package; playwright drives it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info
