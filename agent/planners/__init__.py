@@ -1,0 +1,1 @@
+"""Chat-model backends: one class per model source behind `ChatModel` (see base.py)."""

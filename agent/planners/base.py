@@ -1,0 +1,48 @@
+"""The one interface every planner backend implements.
+
+Messages are OpenAI-style dicts (`role` in system/user/assistant/tool, `content` a string,
+assistant `tool_calls`, tool `tool_call_id`); tools are OpenAI function schemas
+(`tools.schemas.tool_json_schemas()`). A backend returns a `PlannerReply`: the text the user
+should read and the tool calls it wants, already parsed (backends that produce Qwen's native
+`<tool_call>` text parse it with `agent.planners.parsing`).
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ToolCall:
+    name: str
+    args: dict[str, Any]
+    id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "args": self.args}
+
+
+@dataclass
+class PlannerReply:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    raw: str = ""  # the model's raw output, for debugging and repair prompts
+    # calls the parser could not read (near-JSON beyond repair): returned to the model once
+    malformed: list[str] = field(default_factory=list)
+
+
+class ChatModel(abc.ABC):
+    """A chat model that can plan tool calls."""
+
+    name: str = "chat-model"
+    sees_images: bool = False  # vision planners get the images they need attached
+
+    @abc.abstractmethod
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PlannerReply:
+        """One model call over the conversation so far."""
+
+    def close(self) -> None:  # release weights / connections
+        return None
