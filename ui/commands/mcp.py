@@ -1,12 +1,35 @@
-"""`atelier mcp` (placeholder until its issue lands; replace this whole module)."""
+"""`atelier mcp`: Atelier's tools as an MCP server (Claude Desktop, LibreChat, any MCP client)."""
 
 from __future__ import annotations
 
+from ui.cli import add_profile_args, load_profile_from_args
+
 
 def register(sub) -> None:
-    p = sub.add_parser("mcp", help="(not built yet)")
+    p = sub.add_parser(
+        "mcp", help="serve Atelier's tools over MCP (stdio or streamable HTTP)",
+        description="Expose generate_image, edit_image, relight_image, reframe_image, adjust_image, revert, "
+        "verify and upload_image to an MCP client. stdio for Claude Desktop; http for LibreChat and remote clients.",
+    )
+    add_profile_args(p)
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio (default; the client starts the server) or streamable HTTP at /mcp")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP interface (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8001, help="HTTP port (default 8001)")
+    p.add_argument("--user", default="mcp", help="user id for rate limits and the audit log (default mcp)")
+    p.add_argument("--thread", default=None,
+                   help="continue this Atelier thread (default: a new thread per client connection)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise SystemExit("atelier mcp: not built yet")
+    from agent import Atelier
+    from ui.mcp_server import build_server
+
+    profile = load_profile_from_args(args)
+    settings = {"log_level": "WARNING"}
+    if args.transport == "http":
+        settings.update(host=args.host, port=args.port)
+    server = build_server(Atelier(profile=profile), user_id=args.user, thread_id=args.thread, **settings)
+    server.run("streamable-http" if args.transport == "http" else "stdio")
+    return 0

@@ -1,0 +1,1 @@
+"""Settings of the chat-app surfaces (OpenAI-compatible API, MCP)."""

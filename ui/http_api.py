@@ -1,0 +1,549 @@
+"""OpenAI-compatible HTTP surface: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/files/{ref}`.
+
+A thin adapter over `agent.Atelier` sessions, so Open WebUI, LibreChat or any OpenAI client can use
+Atelier as a "model". The rules it follows (also in the README):
+
+- **Users.** `Authorization: Bearer <key>` maps to a user id (keys from `--api-keys FILE` or
+  `$ATELIER_API_KEYS`); rate limits and the audit log use that id. With no keys configured the
+  server is for local use and everyone is user `local`.
+- **Threads.** A conversation maps to one Atelier thread. An explicit id wins
+  (`metadata.thread_id` in the body, or the `X-Atelier-Thread` header); otherwise the id is derived
+  from the user id, the request's `user` field and the first user message of the conversation,
+  which chat apps resend unchanged with every turn: `oai-` + sha256(...)[:24]. Only the last user
+  message of a request is new; the earlier ones are already in the thread.
+- **Images in.** Content parts of type `image_url` with `data:` URLs are decoded and ingested
+  through the session (the store validates them). Remote `http(s)` URLs are refused with a 400
+  unless the server was started with `--allow-remote-images`.
+- **Images out.** The answer is markdown; every image is a link to `GET /v1/files/{ref}`. When keys
+  are configured the link carries a signature (`?sig=`) so a browser can show it without the key.
+- **Errors** use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with 400 (bad
+  input, corrupt data URL), 401 (bad key), 404 (unknown ref or model), 429 (rate limit, with
+  `Retry-After`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tools.errors import AtelierError, BadImageError, RateLimitedError, UnknownRefError
+from tools.schemas import is_ref
+
+MAX_CACHED_SESSIONS = 512
+
+
+# -- request / response models (the subset of OpenAI's chat API that chat apps send) -------------
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+    image_url: ImageURL | str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p... are accepted and ignored
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable"}
+
+
+def api_error_from(err: AtelierError) -> ApiError:
+    status = getattr(err, "http_status", 400) or 400
+    headers = {}
+    if isinstance(err, RateLimitedError):
+        headers["Retry-After"] = str(max(1, int(round(err.retry_after + 0.499))))
+    return ApiError(status, str(err), type=_ERROR_TYPES.get(status, "server_error" if status >= 500 else
+                                                             "invalid_request_error"),
+                    code=err.code, headers=headers)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def load_api_keys(path: str | os.PathLike | None = None, spec: str | None = None) -> dict[str, str]:
+    """API key -> user id.
+
+    `path`: a YAML file mapping keys to user ids (`sk-abc: alice`). `spec`: `key=user,key2=user2`
+    (the form of `$ATELIER_API_KEYS`); a key without `=user` gets the user id `key-<sha8>`.
+    """
+    keys: dict[str, str] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise BadConfigError(f"cannot read API key file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise BadConfigError(f"API key file {path} is not valid YAML ({err})") from None
+        if isinstance(data, dict) and isinstance(data.get("keys"), dict):
+            data = data["keys"]
+        if not isinstance(data, dict):
+            raise BadConfigError(f"API key file {path} must map keys to user ids (sk-abc: alice)")
+        keys.update({str(k): str(v) for k, v in data.items()})
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, user = item.partition("=")
+        keys[key.strip()] = user.strip() or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    for key, user in keys.items():
+        if len(key) < 8:
+            raise BadConfigError(f"API key for {user!r} is too short (at least 8 characters)")
+    return keys
+
+
+class BadConfigError(AtelierError):
+    code = "bad_config"
+
+
+class ServerOptions(BaseModel):
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    allow_remote_images: bool = False
+    remote_image_timeout_s: float = 20.0
+    public_url: str | None = None  # base of image links; None: the request's own base URL
+
+
+def _consent_replies() -> dict[str, set[str]]:
+    raw = yaml.safe_load((resources.files("configs") / "api" / "consent_replies.yaml").read_text())
+    return {k: {w.lower() for w in v} for k, v in raw.items()}
+
+
+def consent_answer(text: str, replies: dict[str, set[str]]) -> bool | None:
+    """True/False when `text` reads as a yes/no answer to a consent question, else None."""
+    words = text.strip().lower().strip(" .!?").replace(",", " ")
+    if words in replies["yes"]:
+        return True
+    if words in replies["no"]:
+        return False
+    return None
+
+
+# -- the adapter -------------------------------------------------------------------------------
+
+
+class ChatAdapter:
+    """Maps OpenAI requests onto Atelier sessions (one per thread and user)."""
+
+    def __init__(self, atelier, options: ServerOptions, secret: bytes):
+        self.atelier = atelier
+        self.options = options
+        self.secret = secret
+        self.model_id = f"atelier-{atelier.profile.name}"
+        self._sessions: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._guard = threading.Lock()
+        self._replies = _consent_replies()
+
+    # users and threads
+    def user_for(self, request: Request) -> str:
+        keys = self.options.api_keys
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not keys:
+            return "local"
+        for key, user in keys.items():
+            if token and hmac.compare_digest(token.encode(), key.encode()):
+                return user
+        raise ApiError(401, "missing API key (Authorization: Bearer <key>)" if not token else "invalid API key",
+                       type="authentication_error", code="invalid_api_key")
+
+    def thread_for(self, body: ChatCompletionRequest, user_id: str, header: str | None) -> str:
+        explicit = header or (body.metadata or {}).get("thread_id")
+        if explicit:
+            explicit = str(explicit)
+            if not (0 < len(explicit) <= 200) or not explicit.isprintable():
+                raise ApiError(400, "thread_id must be 1-200 printable characters", param="metadata.thread_id")
+            return explicit
+        first = next(m for m in body.messages if m.role == "user") if any(
+            m.role == "user" for m in body.messages) else body.messages[0]
+        seed = json.dumps([user_id, body.user or "", _fingerprint(first)], ensure_ascii=False)
+        return "oai-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
+
+    def session(self, thread_id: str, user_id: str):
+        key = (thread_id, user_id)
+        with self._guard:
+            s = self._sessions.get(key)
+            if s is None:
+                s = self.atelier.session(thread_id, user_id=user_id)
+                self._sessions[key] = s
+                while len(self._sessions) > MAX_CACHED_SESSIONS:
+                    old, _ = self._sessions.popitem(last=False)
+                    self._locks.pop(old, None)
+            else:
+                self._sessions.move_to_end(key)
+            lock = self._locks.setdefault(key, asyncio.Lock())
+        return s, lock
+
+    # messages
+    async def last_user_turn(self, body: ChatCompletionRequest) -> tuple[str, list[bytes]]:
+        users = [m for m in body.messages if m.role == "user"]
+        if not users:
+            raise ApiError(400, "the conversation has no user message", param="messages")
+        message = users[-1]
+        if message.content is None:
+            return "", []
+        if isinstance(message.content, str):
+            return message.content, []
+        texts, images = [], []
+        for i, part in enumerate(message.content):
+            if part.type in ("text", "input_text"):
+                texts.append(part.text or "")
+            elif part.type in ("image_url", "input_image"):
+                url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+                if not url:
+                    raise ApiError(400, f"content part {i}: image_url.url is missing", param="messages")
+                images.append(await self.image_bytes(url, index=len(images) + 1))
+            else:
+                raise ApiError(400, f"content part {i}: type {part.type!r} is not supported "
+                               "(use text and image_url)", param="messages")
+        return "\n".join(t for t in texts if t), images
+
+    async def image_bytes(self, url: str, *, index: int) -> bytes:
+        name = f"image {index}"
+        if url.startswith("data:"):
+            header, comma, payload = url.partition(",")
+            if not comma:
+                raise ApiError(400, f"{name}: malformed data URL (no comma)", code="bad_image", param="messages")
+            if not header.endswith(";base64"):
+                raise ApiError(400, f"{name}: data URLs must be base64-encoded", code="bad_image", param="messages")
+            try:
+                return base64.b64decode(payload.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, f"{name}: the data URL is not valid base64", code="bad_image",
+                               param="messages") from None
+        if url.startswith(("http://", "https://")):
+            if not self.options.allow_remote_images:
+                raise ApiError(400, f"{name}: remote image URLs are not fetched by this server; send the image "
+                               "as a data URL (or start it with --allow-remote-images)", code="remote_image_disabled",
+                               param="messages")
+            return await self._fetch(url, name)
+        raise ApiError(400, f"{name}: unsupported image URL scheme (use a data: URL)", code="bad_image",
+                       param="messages")
+
+    async def _fetch(self, url: str, name: str) -> bytes:
+        import httpx
+
+        limit = self.atelier.profile.limits.max_upload_bytes
+        try:
+            async with httpx.AsyncClient(timeout=self.options.remote_image_timeout_s, follow_redirects=True) as client:
+                async with client.stream("GET", url) as resp:
+                    if resp.status_code != 200:
+                        raise ApiError(400, f"{name}: fetching {url} answered HTTP {resp.status_code}",
+                                       code="bad_image", param="messages")
+                    data = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if len(data) > limit:
+                            raise ApiError(400, f"{name}: over the {limit / 1e6:.0f} MB upload limit",
+                                           code="bad_image", param="messages")
+                    return bytes(data)
+        except httpx.HTTPError as err:
+            raise ApiError(400, f"{name}: could not fetch {url} ({type(err).__name__})", code="bad_image",
+                           param="messages") from None
+
+    # images out
+    def sign(self, ref: str) -> str:
+        return hmac.new(self.secret, ref.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def file_url(self, ref: str, base: str) -> str:
+        base = (self.options.public_url or base).rstrip("/")
+        url = f"{base}/v1/files/{ref}"
+        return url + f"?sig={self.sign(ref)}" if self.options.api_keys else url
+
+    def render(self, result, base: str) -> str:
+        """The markdown answer: the agent's words, then each image as a link to /v1/files."""
+        parts = [result.answer.strip()] if result.answer and result.answer.strip() else []
+        for image in result.images:
+            ref = image["ref"] if isinstance(image, dict) else image.ref
+            parts.append(f"![{ref}]({self.file_url(ref, base)})")
+        if not parts and result.error:
+            parts.append(str(result.error.get("message", "something went wrong")))
+        return "\n\n".join(parts)
+
+    # turns
+    async def prepare(self, body: ChatCompletionRequest, request: Request):
+        if body.model not in (self.model_id, self.atelier.profile.name):
+            raise ApiError(404, f"model {body.model!r} does not exist; this server serves {self.model_id!r}",
+                           type="not_found_error", code="model_not_found", param="model")
+        user_id = self.user_for(request)
+        thread_id = self.thread_for(body, user_id, request.headers.get("x-atelier-thread"))
+        text, images = await self.last_user_turn(body)
+        session, lock = self.session(thread_id, user_id)
+        return session, lock, text, images
+
+    def consent_reply(self, session, text: str, images: list[bytes]) -> bool | None:
+        if images or not getattr(session, "pending_consent", None):
+            return None
+        return consent_answer(text, self._replies)
+
+    async def complete(self, session, lock, text: str, images: list[bytes]):
+        async with lock:
+            approved = self.consent_reply(session, text, images)
+            try:
+                if approved is not None:
+                    return await asyncio.to_thread(session.resume, approved)
+                return await session.asend(text, images=images)
+            except AtelierError as err:
+                raise api_error_from(err) from None
+
+
+def _fingerprint(message: ChatMessage) -> Any:
+    """What identifies a conversation's first message: its text and its images' hashes."""
+    if isinstance(message.content, list):
+        return [p.text if p.text is not None else hashlib.sha256(
+            str(p.image_url.url if isinstance(p.image_url, ImageURL) else p.image_url).encode()).hexdigest()
+            for p in message.content]
+    return message.content or ""
+
+
+def _secret(root: str) -> bytes:
+    """The key that signs image links, kept under the data root so links survive a restart."""
+    path = Path(root) / "api_link_secret"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return data
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _finish_reason(result) -> str:
+    return "content_filter" if getattr(result, "refused", None) else "stop"
+
+
+def _result_extra(result) -> dict[str, Any]:
+    """Atelier's own fields next to OpenAI's (clients that know them get refs and tool calls)."""
+    return {"thread_id": result.thread_id, "images": result.images, "tool_calls": result.tool_calls,
+            "consent": result.consent, "refused": result.refused, "error": result.error}
+
+
+def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
+    """The FastAPI app over an `agent.Atelier` (built lazily by the agent; one per process)."""
+    options = options or ServerOptions()
+    adapter = ChatAdapter(atelier, options, _secret(atelier.profile.store.root))
+    app = FastAPI(title="Atelier (OpenAI-compatible)", version="1", docs_url="/docs", redoc_url=None)
+    app.state.adapter = adapter
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError):
+        return err.response()
+
+    @app.exception_handler(AtelierError)
+    async def _atelier_error(request: Request, err: AtelierError):
+        return api_error_from(err).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        return ApiError(400, f"invalid request: {problems}").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        return ApiError(err.status_code, str(err.detail), type=_ERROR_TYPES.get(err.status_code, "invalid_request_error"),
+                        code="not_found" if err.status_code == 404 else None).response()
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        adapter.user_for(request)
+        profile = atelier.profile
+        return {"object": "list", "data": [{
+            "id": adapter.model_id, "object": "model", "created": 0, "owned_by": "atelier",
+            "description": profile.description,
+        }]}
+
+    @app.get("/v1/files/{name}")
+    async def get_file(name: str, request: Request, sig: str | None = None):
+        ref = name.rsplit(".", 1)[0] if "." in name else name
+        if not is_ref(ref):
+            raise ApiError(404, f"{name!r} is not an image reference", type="not_found_error", code="unknown_ref")
+        if options.api_keys and not (sig and hmac.compare_digest(sig, adapter.sign(ref))):
+            adapter.user_for(request)  # no valid link signature: the key must be valid
+        store = atelier.store
+        try:
+            version = await asyncio.to_thread(store.get, ref)
+            data = await asyncio.to_thread(store.read_bytes, ref)
+        except UnknownRefError as err:
+            raise ApiError(404, str(err), type="not_found_error", code="unknown_ref") from None
+        return Response(data, media_type=f"image/{version.format}",
+                        headers={"Cache-Control": "private, max-age=31536000, immutable",
+                                 "Content-Disposition": f'inline; filename="{ref}.{version.format}"'})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        session, lock, text, images = await adapter.prepare(body, request)
+        base = str(request.base_url)
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if not body.stream:
+            result = await adapter.complete(session, lock, text, images)
+            content = adapter.render(result, base)
+            return {
+                "id": cid, "object": "chat.completion", "created": created, "model": adapter.model_id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": _finish_reason(result)}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "atelier": _result_extra(result),
+            }
+        return await _stream(adapter, session, lock, text, images, base, cid, created, request)
+
+    return app
+
+
+async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, created, request) -> Response:
+    """SSE in OpenAI's chunk shape: a line per tool step, progress as SSE comments, then the answer."""
+    model = adapter.model_id
+    await lock.acquire()
+    approved = adapter.consent_reply(session, text, images)
+    if approved is not None:
+        try:
+            result = await asyncio.to_thread(session.resume, approved)
+        except AtelierError as err:
+            raise api_error_from(err) from None
+        finally:
+            lock.release()
+
+        async def replay():
+            yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+            yield _chunk(cid, created, model, {"content": adapter.render(result, base)})
+            yield _chunk(cid, created, model, {}, _finish_reason(result))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(replay(), media_type="text/event-stream")
+
+    events = session.astream(text, images=images)
+    try:  # errors before the first event (rate limit, bad upload) are HTTP errors, not a stream
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except AtelierError as err:
+        lock.release()
+        raise api_error_from(err) from None
+    except BaseException:
+        lock.release()
+        raise
+
+    async def sse():
+        finished = False
+        try:
+            yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+            pending = [first] if first is not None else []
+            while True:
+                if pending:
+                    event = pending.pop()
+                else:
+                    try:
+                        event = await events.__anext__()
+                    except StopAsyncIteration:
+                        break
+                kind, data = event.kind, event.data or {}
+                if kind == "tool_start":
+                    yield _chunk(cid, created, model, {"content": f"_{data.get('name', 'tool')}…_\n\n"})
+                elif kind == "progress":
+                    yield f": progress {data.get('step')}/{data.get('total')}\n\n"
+                elif kind == "status":
+                    yield f": status {json.dumps(data)[:200]}\n\n"
+                elif kind == "done":
+                    result = data.get("result")
+                    yield _chunk(cid, created, model, {"content": adapter.render(result, base)})
+                    yield _chunk(cid, created, model, {}, _finish_reason(result))
+                    finished = True
+                elif kind == "error" and not finished:
+                    pass  # the `done` event that follows carries the error in its result
+            if not finished:
+                yield _chunk(cid, created, model, {}, "stop")
+            yield "data: [DONE]\n\n"
+            finished = True
+        except AtelierError as err:
+            yield f"data: {json.dumps(api_error_from(err).body())}\n\n"
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not finished:  # the client went away: stop the work
+                try:
+                    session.cancel()
+                except Exception:  # noqa: BLE001
+                    pass
+            await events.aclose()
+            lock.release()
+
+    return StreamingResponse(sse(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def serve(atelier, options: ServerOptions, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    import uvicorn
+
+    uvicorn.run(create_app(atelier, options), host=host, port=port, log_level=log_level)

@@ -1,0 +1,224 @@
+"""MCP server: Atelier's tools for Claude Desktop, LibreChat or any MCP client.
+
+A thin adapter over `agent.Atelier` sessions, built with the `mcp` SDK's FastMCP (1.x). Each tool of
+`../shared/TOOLS.md` is exposed under the same name with the argument schema of `tools.schemas`
+(the single source of truth), plus:
+
+- `verify`: watermark and C2PA content credentials of a stored image;
+- `upload_image`: bring an image (base64 or a data URL) into the conversation and get its ref.
+
+Every tool call goes through the session's `call_tool`, so the same screens, identity checks,
+sealing and audit log apply as in the chat. Images come back as MCP image content, with the ref
+and the tool's short result as text. Each MCP client connection is one Atelier thread (or the one
+given with `--thread`); the user id is `--user` (default `mcp`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.tools import Tool
+from mcp.server.fastmcp.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, create_model
+
+from tools.errors import AtelierError, BadImageError
+from tools.schemas import REF_PATTERN, tool_json_schemas
+
+INSTRUCTIONS = (
+    "Atelier generates and edits images with the Qwen-Image family. Tools return image refs such as "
+    "img_3f9a2c1b; pass a ref to edit_image, relight_image, reframe_image, adjust_image or revert to work "
+    "on that image. Use upload_image first to work on a user's own picture. Every result is watermarked "
+    "and carries content credentials; verify(image) reads them back."
+)
+
+_UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+_READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+_CREATES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+
+
+class _StrictArgs(ArgModelBase):
+    """Unknown arguments are errors (as in the tool contract); values are checked by `validate_call`
+    inside the session, so a wrong value comes back as one readable line."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _arg_model(name: str, fields: list[str]) -> type[ArgModelBase]:
+    return create_model(f"{name}_arguments", __base__=_StrictArgs, **{f: (Any, _UNSET) for f in fields})
+
+
+def _tool(name: str, description: str, parameters: dict[str, Any], fn, annotations: ToolAnnotations) -> Tool:
+    return Tool(
+        fn=fn, name=name, title=name.replace("_", " ").capitalize(), description=description,
+        parameters=parameters, fn_metadata=FuncMetadata(arg_model=_arg_model(name, list(parameters["properties"]))),
+        is_async=True, context_kwarg="ctx", annotations=annotations,
+    )
+
+
+class VerifyArgs(BaseModel):
+    """Read an image's invisible watermark and C2PA content credentials (was it made or edited by Atelier?)."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = ""
+
+
+class UploadArgs(BaseModel):
+    """Bring an image into the conversation (e.g. a photo the user shared) and get its ref."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str
+    filename: str | None = None
+
+
+def _schema(model: type[BaseModel], description: dict[str, str]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for key, prop in schema.get("properties", {}).items():
+        prop.pop("title", None)
+        prop.pop("default", None) if prop.get("default") == "" else None
+        if key in description:
+            prop["description"] = description[key]
+    return schema
+
+
+VERIFY_SCHEMA = _schema(VerifyArgs, {"image": "Ref of the image to check, e.g. img_3f9a2c1b"})
+VERIFY_SCHEMA["properties"]["image"]["pattern"] = REF_PATTERN
+VERIFY_SCHEMA["required"] = ["image"]
+UPLOAD_SCHEMA = _schema(UploadArgs, {
+    "data": "The image as base64 (PNG, JPEG or WebP) or as a data: URL",
+    "filename": "Original file name (display only)",
+})
+
+
+def _error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], isError=True)
+
+
+def _decode_base64(data: str) -> bytes:
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if not header.endswith(";base64"):
+            raise BadImageError("upload: data URLs must be base64-encoded")
+    try:
+        return base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImageError("upload: the data is not valid base64") from None
+
+
+class AtelierMCP:
+    """Builds the FastMCP server over an `agent.Atelier` and maps MCP client sessions to threads."""
+
+    def __init__(self, atelier, *, user_id: str = "mcp", thread_id: str | None = None, **settings: Any):
+        self.atelier = atelier
+        self.user_id = user_id
+        self.thread_id = thread_id
+        self._threads: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._sessions: dict[str, Any] = {}
+        tools = [
+            _tool(spec["function"]["name"], spec["function"]["description"], spec["function"]["parameters"],
+                  self._runner(spec["function"]["name"]), _CREATES)
+            for spec in tool_json_schemas()
+        ]
+        tools.append(_tool("verify", (VerifyArgs.__doc__ or "").strip(), VERIFY_SCHEMA, self._verify, _READ_ONLY))
+        tools.append(_tool("upload_image", (UploadArgs.__doc__ or "").strip(), UPLOAD_SCHEMA, self._upload, _CREATES))
+        self.server = FastMCP("atelier", instructions=INSTRUCTIONS, tools=tools, **settings)
+
+    # sessions
+    def session_for(self, ctx: Context | None):
+        key = None
+        try:
+            key = ctx.session if ctx is not None else None
+        except (ValueError, LookupError):  # no request context (called outside a request)
+            key = None
+        thread = self.thread_id
+        if thread is None:
+            if key is None:
+                thread = "mcp-local"
+            else:
+                thread = self._threads.get(key)
+                if thread is None:
+                    thread = self._threads[key] = "mcp-" + uuid.uuid4().hex[:16]
+        session = self._sessions.get(thread)
+        if session is None:
+            session = self._sessions[thread] = self.atelier.session(thread, user_id=self.user_id)
+        return session
+
+    # tools
+    def _runner(self, name: str):
+        async def run(ctx: Context | None = None, **args: Any):
+            args = {k: v for k, v in args.items() if v is not _UNSET}
+            session = self.session_for(ctx)
+            try:
+                result = await anyio.to_thread.run_sync(session.call_tool, name, args)
+            except AtelierError as err:
+                return _error(str(err))
+            return await self._render(result, ctx)
+
+        run.__name__ = name
+        return run
+
+    async def _render(self, result, ctx: Context | None):
+        if result.consent:
+            return _error(
+                f"{result.consent.get('question') or 'This edit needs consent.'} "
+                "This MCP surface cannot ask for consent; make the edit in the Atelier chat instead."
+            )
+        if result.refused:
+            return _error(f"Refused ({result.refused.get('category', 'policy')}): {result.refused.get('reason', '')}")
+        if result.error:
+            return _error(str(result.error.get("message") or result.error))
+        content: list[Any] = []
+        for image in result.images:
+            data = await anyio.to_thread.run_sync(Path(image["path"]).read_bytes)
+            mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else (
+                "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/webp")
+            content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mimeType=mime))
+        summary = {
+            "images": [{"ref": i["ref"], "width": i["width"], "height": i["height"]} for i in result.images],
+            "result": result.tool_calls[-1].get("result") if result.tool_calls else None,
+        }
+        if result.answer:
+            summary["answer"] = result.answer
+        content.append(TextContent(type="text", text=json.dumps(summary, ensure_ascii=False, default=str)))
+        return content
+
+    async def _verify(self, ctx: Context | None = None, **args: Any):
+        ref = args.get("image", _UNSET)
+        if ref is _UNSET or not isinstance(ref, str):
+            return _error("verify: image (a ref such as img_3f9a2c1b) is required")
+        from tools.provenance import verify_bytes
+
+        try:
+            data = await anyio.to_thread.run_sync(self.atelier.store.read_bytes, ref)
+            report = await anyio.to_thread.run_sync(verify_bytes, data)
+        except AtelierError as err:
+            return _error(str(err))
+        return [TextContent(type="text", text=json.dumps({"image": ref, **report}, ensure_ascii=False, default=str))]
+
+    async def _upload(self, ctx: Context | None = None, **args: Any):
+        data = args.get("data", _UNSET)
+        if data is _UNSET or not isinstance(data, str):
+            return _error("upload_image: data (base64 or a data: URL) is required")
+        filename = args.get("filename") if isinstance(args.get("filename"), str) else None
+        session = self.session_for(ctx)
+        try:
+            raw = _decode_base64(data)
+            version = await anyio.to_thread.run_sync(lambda: session.upload(raw, filename=filename))
+        except AtelierError as err:
+            return _error(str(err))
+        return [TextContent(type="text", text=json.dumps(
+            {"image": version.ref, "width": version.width, "height": version.height}))]
+
+
+def build_server(atelier, **kwargs: Any) -> FastMCP:
+    return AtelierMCP(atelier, **kwargs).server
