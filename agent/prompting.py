@@ -1,0 +1,205 @@
+"""What the planner reads: system prompt, routing rules, the session's images and the conversation.
+
+The texts live in `prompts/planner/` (`system.md`, `routing.md`, `examples.md`) and are loaded with
+`importlib.resources`. The entry point, stable for the graph and the evals:
+
+    build_messages(*, history, images, user_text, current=None, max_history=20,
+                   examples=True) -> list[dict]
+
+- `history`: the conversation so far, oldest first, as OpenAI-style dicts: `{"role": "user" |
+  "assistant" | "tool", "content": str}`; assistant turns may carry `tool_calls` either OpenAI-style
+  (`{"id", "type": "function", "function": {"name", "arguments": str|dict}}`) or flat
+  (`{"id", "name", "args"}`); tool turns carry `tool_call_id` (and optionally `name`). `text` is
+  accepted instead of `content` (the eval files use it). LangChain message objects (`.type`,
+  `.content`, `.tool_calls`) are accepted too. System messages in the history are dropped.
+- `images`: the session's image versions, oldest first: `tools.store.ImageVersion` objects or dicts
+  with `ref` and optionally `origin` (`upload` | `generated` | `edited`, or the tool name that made
+  it, e.g. `relight_image`), `parent`, `desc`/`description`, `tool_call` ({"name", "args"}),
+  `filename`, `metadata` (a `desc`/`description`/`caption` there is used too).
+- `user_text`: the new user message, or None when the planner is called again after tool results
+  (the history then already ends with the tool messages).
+- `current`: the ref the user is looking at; default: the last image of `images`.
+- `max_history`: keep at most this many history messages (the oldest are dropped first; a dropped
+  assistant tool call never leaves its tool result dangling).
+
+The result is `[system, *history, user]`, OpenAI-style; the images list is put at the start of
+the last user message (so the system prefix stays identical across turns and a backend's prompt
+cache can reuse it). Tool schemas are not part of the messages: the backend renders them
+(`tools.schemas.tool_json_schemas()`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable
+
+PROMPT_PACKAGE = "prompts.planner"
+_ORIGIN_WORDS = {
+    "upload": "uploaded",
+    "uploaded": "uploaded",
+    "generated": "generated",
+    "generate_image": "generated",
+    "edited": "edited",
+    "edit_image": "edited",
+    "relight_image": "relit",
+    "reframe_image": "reframed",
+    "adjust_image": "adjusted",
+}
+_DESC_KEYS = ("desc", "description", "caption")
+_DESC_MAX = 140
+
+
+@lru_cache(maxsize=None)
+def load_prompt(name: str) -> str:
+    """One text of `prompts/planner/` (e.g. "system.md"), stripped."""
+    return (resources.files(PROMPT_PACKAGE) / name).read_text(encoding="utf-8").strip()
+
+
+def system_prompt(*, examples: bool = True) -> str:
+    parts = [load_prompt("system.md"), load_prompt("routing.md")]
+    if examples:
+        parts.append(load_prompt("examples.md"))
+    return "\n\n".join(parts)
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _shorten(text: str, limit: int = _DESC_MAX) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def describe_image(image: Any) -> str:
+    """A short description of one version from what is known about it."""
+    for key in _DESC_KEYS:
+        if _get(image, key):
+            return _shorten(_get(image, key))
+    meta = _get(image, "metadata") or {}
+    for key in _DESC_KEYS:
+        if meta.get(key):
+            return _shorten(meta[key])
+    call = _get(image, "tool_call") or {}
+    args = call.get("args") or call.get("arguments") or {}
+    if isinstance(args, dict) and args:
+        for key in ("prompt", "instruction", "description"):
+            if args.get(key):
+                return _shorten(args[key])
+        shown = {k: v for k, v in args.items() if k not in ("image", "references") and v is not None}
+        if shown:
+            return _shorten(", ".join(f"{k}={v}" for k, v in shown.items()))
+    if _get(image, "filename"):
+        return _shorten(f"file {_get(image, 'filename')}")
+    return ""
+
+
+def _origin_word(image: Any) -> str:
+    call = _get(image, "tool_call") or {}
+    origin = _get(image, "origin") or "upload"
+    if origin == "edited" and call.get("name") in _ORIGIN_WORDS:
+        origin = call["name"]
+    return _ORIGIN_WORDS.get(str(origin), str(origin))
+
+
+def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
+    """One line per version: `#2 img_x (relit from img_y): warm light from the left (current)`."""
+    images = [im for im in images if _get(im, "ref")]
+    if current is None and images:
+        current = _get(images[-1], "ref")
+    lines = []
+    for n, image in enumerate(images, 1):
+        ref = _get(image, "ref")
+        how = _origin_word(image)
+        parent = _get(image, "parent")
+        head = f"#{n} {ref} ({how} from {parent})" if parent and how != "uploaded" else f"#{n} {ref} ({how})"
+        desc = describe_image(image)
+        line = f"{head}: {desc}" if desc else head
+        if ref == current:
+            line += " (current)"
+        lines.append(line)
+    return lines
+
+
+def images_block(images: Iterable[Any], current: str | None = None) -> str:
+    lines = image_lines(images, current)
+    if not lines:
+        return "Images in this chat: none."
+    return "Images in this chat (oldest first):\n" + "\n".join(lines)
+
+
+def _flat_call(call: Any) -> dict[str, Any]:
+    """Any tool-call shape -> OpenAI style with `arguments` as a JSON string."""
+    fn = _get(call, "function")
+    if fn:
+        name, args = _get(fn, "name"), _get(fn, "arguments")
+    else:
+        name = _get(call, "name")
+        args = _get(call, "args", None)
+        if args is None:
+            args = _get(call, "arguments", {})
+    if not isinstance(args, str):
+        args = json.dumps(args or {}, ensure_ascii=False)
+    return {"id": _get(call, "id") or "", "type": "function", "function": {"name": name, "arguments": args}}
+
+
+_LC_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
+
+
+def normalize_message(msg: Any) -> dict[str, Any] | None:
+    role = _get(msg, "role") or _LC_ROLES.get(_get(msg, "type") or "", None)
+    if role not in ("user", "assistant", "tool"):
+        return None
+    content = _get(msg, "content")
+    if content is None:
+        content = _get(msg, "text", "")
+    if isinstance(content, list):  # multimodal content parts: keep the text
+        content = "\n".join(str(_get(p, "text", "")) for p in content if _get(p, "type", "text") == "text")
+    out: dict[str, Any] = {"role": role, "content": str(content or "")}
+    if role == "assistant" and _get(msg, "tool_calls"):
+        out["tool_calls"] = [_flat_call(c) for c in _get(msg, "tool_calls")]
+    if role == "tool":
+        out["tool_call_id"] = _get(msg, "tool_call_id") or ""
+        if _get(msg, "name"):
+            out["name"] = _get(msg, "name")
+    return out
+
+
+def _trim(history: list[dict[str, Any]], max_history: int) -> list[dict[str, Any]]:
+    if max_history <= 0:
+        return []
+    if len(history) <= max_history:
+        return history
+    kept = history[-max_history:]
+    while kept and kept[0]["role"] == "tool":  # never start with a tool result whose call was cut
+        kept = kept[1:]
+    return kept
+
+
+def build_messages(
+    *,
+    history: Iterable[Any] = (),
+    images: Iterable[Any] = (),
+    user_text: str | None = None,
+    current: str | None = None,
+    max_history: int = 20,
+    examples: bool = True,
+) -> list[dict[str, Any]]:
+    """The planner's messages for one model call (see the module docstring for the arguments)."""
+    msgs = [m for m in (normalize_message(m) for m in history) if m is not None]
+    msgs = _trim(msgs, max_history)
+    block = images_block(list(images), current)
+    if user_text is not None:
+        msgs.append({"role": "user", "content": f"{block}\n\nMessage: {user_text.strip()}"})
+    else:
+        for i in range(len(msgs) - 1, -1, -1):
+            if msgs[i]["role"] == "user":
+                msgs[i] = {**msgs[i], "content": f"{block}\n\nMessage: {msgs[i]['content']}"}
+                break
+        else:
+            msgs.insert(0, {"role": "user", "content": block})
+    return [{"role": "system", "content": system_prompt(examples=examples)}, *msgs]

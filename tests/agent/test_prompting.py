@@ -1,0 +1,92 @@
+"""The planner's messages: system prompt from data files, image list, current marker, history."""
+
+from agent.prompting import build_messages, image_lines, load_prompt
+from tools.store import ImageVersion
+
+IMAGES = [
+    {"ref": "img_aaaa0001", "origin": "upload", "desc": "uploaded photo of a woman in a red jacket"},
+    {"ref": "img_aaaa0002", "origin": "edit_image", "parent": "img_aaaa0001", "desc": "jacket changed to green"},
+]
+
+
+def test_system_prompt_comes_from_prompt_files():
+    msgs = build_messages(history=[], images=[], user_text="hi")
+    assert msgs[0]["role"] == "system"
+    assert load_prompt("system.md") in msgs[0]["content"]
+    assert load_prompt("routing.md") in msgs[0]["content"]
+    assert "adjust_image" in msgs[0]["content"] and "reframe_image" in msgs[0]["content"]
+    assert load_prompt("examples.md") not in build_messages(user_text="hi", examples=False)[0]["content"]
+
+
+def test_refs_listed_with_origin_parent_and_current_marked():
+    msgs = build_messages(history=[], images=IMAGES, user_text="try black leather")
+    last = msgs[-1]
+    assert last["role"] == "user"
+    assert last["content"].endswith("try black leather")
+    lines = [l for l in last["content"].splitlines() if l.startswith("#")]
+    assert lines[0].startswith("#1 img_aaaa0001 (uploaded)") and "red jacket" in lines[0]
+    assert "(current)" not in lines[0]
+    assert lines[1].startswith("#2 img_aaaa0002 (edited from img_aaaa0001)") and lines[1].endswith("(current)")
+
+
+def test_explicit_current_and_store_versions_described_from_tool_call():
+    versions = [
+        ImageVersion(ref="img_bbbb0001", sha256="0" * 64, origin="upload", width=8, height=8, filename="me.jpg"),
+        ImageVersion(ref="img_bbbb0002", sha256="1" * 64, origin="edited", parent="img_bbbb0001", width=8, height=8,
+                     tool_call={"name": "relight_image", "args": {"image": "img_bbbb0001", "description": "candlelight"}}),
+        ImageVersion(ref="img_bbbb0003", sha256="2" * 64, origin="generated", width=8, height=8,
+                     tool_call={"name": "generate_image", "args": {"prompt": "a lighthouse at dusk"}}),
+    ]
+    lines = image_lines(versions, current="img_bbbb0001")
+    assert lines[0] == "#1 img_bbbb0001 (uploaded): file me.jpg (current)"
+    assert lines[1] == "#2 img_bbbb0002 (relit from img_bbbb0001): candlelight"
+    assert lines[2] == "#3 img_bbbb0003 (generated): a lighthouse at dusk"
+
+
+def test_no_images_is_said():
+    msgs = build_messages(history=[], images=[], user_text="edit it")
+    assert "Images in this chat: none." in msgs[-1]["content"]
+
+
+def test_history_kept_in_order_and_normalized():
+    history = [
+        {"role": "system", "content": "old system, dropped"},
+        {"role": "user", "text": "make her jacket green"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "edit_image", "args": {"image": "img_aaaa0001", "instruction": "green jacket"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "edit_image", "content": "new image(s): img_aaaa0002"},
+        {"role": "assistant", "content": "Done: img_aaaa0002"},
+    ]
+    msgs = build_messages(history=history, images=IMAGES, user_text="now black")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert msgs[1]["content"] == "make her jacket green"
+    call = msgs[2]["tool_calls"][0]
+    assert call["function"]["name"] == "edit_image"
+    assert '"instruction": "green jacket"' in call["function"]["arguments"]
+    assert msgs[3]["tool_call_id"] == "c1"
+    assert "old system" not in str(msgs)
+
+
+def test_after_tool_results_images_go_on_the_last_user_message():
+    history = [
+        {"role": "user", "content": "brighter"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "adjust_image", "arguments": "{\"image\": \"img_aaaa0001\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "new image(s): img_aaaa0002"},
+    ]
+    msgs = build_messages(history=history, images=IMAGES, user_text=None)
+    assert msgs[-1]["role"] == "tool"
+    assert msgs[1]["content"].startswith("Images in this chat") and msgs[1]["content"].endswith("brighter")
+    assert history[0]["content"] == "brighter"  # the caller's history is not modified
+
+
+def test_history_trimmed_without_dangling_tool_results():
+    history = []
+    for i in range(10):
+        history += [
+            {"role": "user", "content": f"u{i}"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": f"c{i}", "name": "revert", "args": {}}]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": "ok"},
+        ]
+    msgs = build_messages(history=history, images=[], user_text="next", max_history=4)
+    body = msgs[1:-1]
+    assert len(body) <= 4 and body[0]["role"] != "tool"
+    assert body[-1]["content"] == "ok" and body[0]["role"] in ("assistant", "user")
