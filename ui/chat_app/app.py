@@ -1,0 +1,430 @@
+"""Chainlit callbacks of the Atelier chat (run by `atelier ui`; see `ui/chat_app/__init__.py`).
+
+A thin adapter: every turn goes through the agent's Session API (`session.astream`), and each
+`TurnEvent` becomes something a person sees: a `cl.Step` per tool call (arguments, progress,
+result and checks), a consent question with buttons, a refusal as a short explanation, the
+answer with its images inline. Threads persist through the SQLAlchemy data layer on SQLite with
+element files on local disk (`data_layer.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import chainlit as cl
+from chainlit.config import config as cl_config
+from chainlit.input_widget import NumberInput, Slider
+from chainlit.server import app as fastapi_app
+
+from agent.config import load_profile
+from tools.errors import AtelierError, BadImageError, RateLimitedError
+from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
+from ui.chat_app import render
+from ui.chat_app.data_layer import LocalStorageClient, build_data_layer, install_file_route
+
+log = logging.getLogger("atelier.chat")
+
+PROFILE = load_profile(os.environ.get(ENV_PROFILE), json.loads(os.environ.get(ENV_OVERRIDES) or "{}"))
+BASE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get(ENV_OVERRIDES) or "{}")
+APP_DIR = ui_root(PROFILE.store.root)
+DB_PATH = APP_DIR / "threads.sqlite"
+FILES_DIR = APP_DIR / "files"
+TEXTS = render.texts()
+LOCAL_USER = "local"
+
+
+# -- Chainlit configuration (the generated config.toml holds Chainlit's defaults) -------------
+def configure_chainlit() -> None:
+    cl_config.ui.name = "Atelier"
+    cl_config.ui.description = "Chat image studio on the Qwen model family"
+    cl_config.ui.cot = "full"  # show tool steps
+    cl_config.ui.confirm_new_chat = False
+    upload = cl_config.features.spontaneous_file_upload
+    if upload is not None:
+        upload.enabled = True
+        upload.accept = list(render.ACCEPTED_MIME)
+        upload.max_files = 4
+        upload.max_size_mb = max(1, PROFILE.limits.max_upload_bytes // (1024 * 1024))
+    cl_config.features.edit_message = False  # a sent turn is history; edit by asking again
+    cl_config.project.session_timeout = 3600  # a dropped browser keeps its turn running this long
+
+
+configure_chainlit()
+STORAGE = LocalStorageClient(FILES_DIR)
+install_file_route(fastapi_app, STORAGE)
+
+
+@cl.data_layer
+def _data_layer():
+    layer = build_data_layer(DB_PATH, FILES_DIR)
+    layer.storage_provider = STORAGE
+    return layer
+
+
+# -- sign-in: a password when configured, else one local user (thread history needs a user) ---
+if os.environ.get(ENV_PASSWORD):
+
+    @cl.password_auth_callback
+    async def _password_login(username: str, password: str):
+        expected_user = os.environ.get(ENV_USERNAME, "atelier")
+        ok_user = hmac.compare_digest(username.encode(), expected_user.encode())
+        ok_pass = hmac.compare_digest(password.encode(), os.environ[ENV_PASSWORD].encode())
+        if ok_user and ok_pass:
+            return cl.User(identifier=username, metadata={"provider": "password"})
+        return None
+
+else:
+
+    @cl.header_auth_callback
+    async def _local_login(headers):
+        return cl.User(identifier=LOCAL_USER, metadata={"provider": "local"})
+
+
+# -- the agent --------------------------------------------------------------------------------
+_STUDIOS: dict[str, Any] = {}
+_RUNNING: dict[str, asyncio.Task] = {}  # thread id -> the turn running on it (any connection)
+
+
+def studio(overrides: dict[str, Any]):
+    """One Atelier per distinct set of overrides (engines are cached per process by settings)."""
+    from agent import Atelier
+
+    merged = render.merge_overrides(BASE_OVERRIDES, overrides)
+    key = json.dumps(merged, sort_keys=True)
+    if key not in _STUDIOS:
+        _STUDIOS[key] = Atelier(profile=load_profile(os.environ.get(ENV_PROFILE), merged))
+    return _STUDIOS[key]
+
+
+def _user_id() -> str:
+    user = cl.user_session.get("user")
+    return getattr(user, "identifier", None) or LOCAL_USER
+
+
+def _thread_id() -> str:
+    return cl.context.session.thread_id
+
+
+def current_session():
+    """The agent session of this chat, rebuilt when the chat settings change."""
+    overrides = cl.user_session.get("overrides") or {}
+    key = json.dumps(overrides, sort_keys=True)
+    session = cl.user_session.get("agent_session")
+    if session is None or cl.user_session.get("agent_session_key") != key:
+        session = studio(overrides).session(_thread_id(), user_id=_user_id())
+        cl.user_session.set("agent_session", session)
+        cl.user_session.set("agent_session_key", key)
+    return session
+
+
+def chat_settings() -> cl.ChatSettings:
+    return cl.ChatSettings([
+        Slider(id=render.SETTING_STEPS, label="Steps (quality)", initial=PROFILE.engine.steps,
+               min=1, max=max(50, PROFILE.engine.steps), step=1,
+               description="Denoising steps: more is slower and finer"),
+        NumberInput(id=render.SETTING_SEED, label="Seed", initial=PROFILE.engine.seed_base,
+                    description="Same seed and request, same image"),
+        Slider(id=render.SETTING_IDENTITY, label="Identity threshold (max face distance)",
+               initial=PROFILE.identity.max_distance, min=0.3, max=0.8, step=0.05,
+               description="Lower is stricter: an edited face must stay closer to the original"),
+    ])
+
+
+def _version_actions(current: str | None) -> list[cl.Action]:
+    actions = [cl.Action(name="versions", payload={}, label="Versions", icon="history",
+                         tooltip="Every image of this chat, with branch from here")]
+    if current:
+        actions.insert(0, cl.Action(name="undo", payload={"ref": current}, label="Undo", icon="undo-2",
+                                    tooltip="Go back to the version before this one"))
+    return actions
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+@cl.on_chat_start
+async def on_chat_start():
+    cl.user_session.set("overrides", {})
+    await chat_settings().send()
+    await cl.Message(content=render.banner(PROFILE), author="Atelier").send()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread):
+    # the thread's messages, steps and images are shown by Chainlit from the data layer;
+    # the agent's own history (versions, current image) lives in its checkpointer.
+    settings = (thread.get("metadata") or {}) if isinstance(thread, dict) else {}
+    if isinstance(settings, str):
+        try:
+            settings = json.loads(settings)
+        except json.JSONDecodeError:
+            settings = {}
+    cl.user_session.set("overrides", settings.get("atelier_overrides") or {})
+    await chat_settings().send()
+
+
+@cl.on_settings_update
+async def on_settings_update(values: dict[str, Any]):
+    try:
+        overrides = render.settings_overrides(values, PROFILE)
+    except (TypeError, ValueError):
+        await cl.Message(content="Those settings are not numbers I can use; nothing changed.").send()
+        return
+    cl.user_session.set("overrides", overrides)
+
+
+@cl.on_stop
+async def on_stop():
+    session = cl.user_session.get("agent_session")
+    if session is not None:
+        try:
+            session.cancel()
+        except Exception:  # noqa: BLE001 - stopping must never fail loudly
+            log.exception("cancel failed")
+
+
+@cl.on_chat_end
+async def on_chat_end():
+    # A browser that goes away mid-turn does not stop the turn: it finishes, its images are
+    # stored and sealed, and the persisted thread shows them when the chat is resumed.
+    return None
+
+
+# -- a turn -----------------------------------------------------------------------------------
+class TurnView:
+    """Turns the agent's TurnEvents into Chainlit steps and messages."""
+
+    def __init__(self):
+        self.steps: dict[str, cl.Step] = {}
+        self.images: list[dict[str, Any]] = []
+        self.answer: str = ""
+        self.consent: dict[str, Any] | None = None
+        self.refusal: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.current: str | None = None
+
+    async def handle(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "tool_start":
+            step = cl.Step(name=data.get("name") or "tool", type="tool", language="json", show_input="json")
+            step.input = render.tool_input(data.get("args") or {})
+            step.output = "starting..."
+            await step.send()
+            self.steps[data.get("call_id") or str(len(self.steps))] = step
+        elif kind == "progress":
+            step = self.steps.get(data.get("call_id"))
+            if step is not None:
+                step.output = render.progress_line(data.get("step", 0), data.get("total", 1))
+                await step.update()
+        elif kind == "tool_end":
+            step = self.steps.get(data.get("call_id"))
+            if step is None:
+                step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json")
+                step.input = render.tool_input(data.get("args") or {})
+                await step.send()
+            step.language = "markdown"
+            step.output = render.tool_output(data.get("result"))
+            result = data.get("result") or {}
+            if isinstance(result, dict) and (result.get("ok") is False or result.get("error")):
+                step.is_error = True
+            await step.update()
+        elif kind == "image":
+            self.images.append(data)
+            self.current = data.get("ref") or self.current
+        elif kind == "consent":
+            self.consent = data
+        elif kind == "refusal":
+            self.refusal = data
+        elif kind == "answer":
+            self.answer = data.get("text") or ""
+        elif kind == "error":
+            self.error = data
+
+    def absorb_result(self, result: Any) -> None:
+        """Fill in from a TurnResult (used after `resume`, which returns a result, not events)."""
+        r = result.model_dump() if hasattr(result, "model_dump") else dict(result or {})
+        self.answer = r.get("answer") or self.answer
+        for image in r.get("images") or []:
+            if all(image.get("ref") != seen.get("ref") for seen in self.images):
+                self.images.append(image)
+                self.current = image.get("ref")
+        self.consent = r.get("consent")
+        self.refusal = r.get("refused") or self.refusal
+        self.error = r.get("error") or self.error
+        self._result_calls = r.get("tool_calls") or []
+
+    async def show_result_steps(self) -> None:
+        for call in getattr(self, "_result_calls", []):
+            step = cl.Step(name=call.get("name") or "tool", type="tool", show_input="json")
+            step.input = render.tool_input(call.get("args") or {})
+            step.output = render.tool_output(call.get("result"))
+            await step.send()
+
+    async def finish(self) -> None:
+        """The closing message: answer text with the images inline, or the refusal / error."""
+        if self.refusal and not self.images:
+            reason = self.refusal.get("reason") or "that request is against the safety policy"
+            await cl.Message(content=TEXTS["refused"].format(reason=reason), author="Atelier").send()
+            return
+        if self.error and not self.images:
+            if self.error.get("code") == "cancelled":
+                await cl.Message(content=TEXTS["stopped"], author="Atelier").send()
+            else:
+                message = self.error.get("message") or "unknown error"
+                await cl.Message(content=TEXTS["error"].format(message=message), author="Atelier").send()
+            return
+        elements = [
+            cl.Image(path=img["path"], name=img.get("ref") or Path(img["path"]).stem, display="inline", size="large")
+            for img in self.images
+            if img.get("path") and Path(img["path"]).is_file()
+        ]
+        text = self.answer or ("Here it is." if elements else "Done.")
+        await cl.Message(content=text, elements=elements, author="Atelier",
+                         actions=_version_actions(self.current) if elements else []).send()
+
+
+async def _ask_consent(consent: dict[str, Any]) -> bool | None:
+    people = consent.get("people") or []
+    question = consent.get("question") or "This edit changes the face of a real person. Do you have their consent?"
+    if people:
+        question += "\n\nPeople: " + ", ".join(f"`{p}`" for p in people)
+    answer = await cl.AskActionMessage(
+        content=question,
+        actions=[
+            cl.Action(name="consent", payload={"approved": True}, label=TEXTS["consent_yes"]),
+            cl.Action(name="consent", payload={"approved": False}, label=TEXTS["consent_no"]),
+        ],
+        author="Atelier",
+        timeout=600,
+    ).send()
+    if answer is None:
+        return None
+    return bool((answer.get("payload") or {}).get("approved"))
+
+
+async def _run_turn(session, text: str, images: list[str]) -> None:
+    view = TurnView()
+    async for event in session.astream(text, images=images):
+        await view.handle(event.kind, dict(event.data or {}))
+    while view.consent:
+        approved = await _ask_consent(view.consent)
+        if approved is None:
+            await asyncio.to_thread(session.resume, False)
+            await cl.Message(content=TEXTS["consent_timeout"], author="Atelier").send()
+            return
+        view.consent = None
+        if hasattr(session, "astream_resume"):
+            async for event in session.astream_resume(approved):
+                await view.handle(event.kind, dict(event.data or {}))
+        else:
+            result = await asyncio.to_thread(session.resume, approved)
+            view.absorb_result(result)
+            await view.show_result_steps()
+    await view.finish()
+
+
+def _attachments(message: cl.Message) -> tuple[list[str], list[str]]:
+    """Paths of the usable images of a message, and a line for each file that is not usable."""
+    paths, problems = [], []
+    for element in message.elements or []:
+        path = getattr(element, "path", None)
+        size = Path(path).stat().st_size if path and Path(path).is_file() else None
+        problem = render.upload_problem(element.name, getattr(element, "mime", None), size,
+                                        PROFILE.limits.max_upload_bytes)
+        if problem:
+            problems.append(problem)
+        elif path:
+            paths.append(path)
+    return paths, problems
+
+
+@cl.on_message
+async def on_message(message: cl.Message):
+    thread_id = _thread_id()
+    running = _RUNNING.get(thread_id)
+    if running is not None and not running.done():
+        await cl.Message(content=TEXTS["busy"], author="Atelier").send()
+        return
+    paths, problems = _attachments(message)
+    if problems:
+        await cl.Message(content="\n".join(problems), author="Atelier").send()
+        return
+    _RUNNING[thread_id] = asyncio.current_task()
+    try:
+        session = current_session()
+        await _run_turn(session, message.content or "", paths)
+    except RateLimitedError as err:
+        wait = f" Try again in {err.retry_after:.0f} s." if err.retry_after else ""
+        await cl.Message(content=f"{err.message}.{wait}".replace("..", "."), author="Atelier").send()
+    except (BadImageError, AtelierError) as err:
+        await cl.Message(content=TEXTS["error"].format(message=err.message), author="Atelier").send()
+    except asyncio.CancelledError:
+        raise  # the stop button: Chainlit says so; on_stop cancelled the agent
+    except MemoryError:
+        await cl.Message(content=TEXTS["error"].format(message="out of memory for this request; try a smaller size or fewer images"), author="Atelier").send()
+    except Exception as err:  # noqa: BLE001 - never a stack trace in the chat
+        log.exception("turn failed")
+        await cl.Message(content=TEXTS["unexpected"].format(kind=type(err).__name__), author="Atelier").send()
+    finally:
+        if _RUNNING.get(thread_id) is asyncio.current_task():
+            _RUNNING.pop(thread_id, None)
+
+
+# -- versions: timeline, undo, branch from here -----------------------------------------------
+@cl.action_callback("versions")
+async def on_versions(action: cl.Action):
+    session = current_session()
+    versions = await asyncio.to_thread(session.history)
+    current = session.current
+    if not versions:
+        await cl.Message(content=TEXTS["versions_empty"], author="Atelier").send()
+        return
+    rows = render.versions_summary(versions, current)
+    store = studio(cl.user_session.get("overrides") or {}).store
+    elements, actions, lines = [], [], [TEXTS["versions_title"]]
+    for i, row in enumerate(rows, 1):
+        marker = " **(current)**" if row["current"] else ""
+        lines.append(f"{i}. `{row['ref']}` — {row['made_by']}" + (f" from `{row['parent']}`" if row["parent"] else "") + marker)
+        try:
+            path = await asyncio.to_thread(store.local_path, row["ref"])
+            elements.append(cl.Image(path=path, name=row["ref"], display="inline", size="small"))
+        except AtelierError:
+            continue
+        if not row["current"]:
+            actions.append(cl.Action(name="branch", payload={"ref": row["ref"]}, label=f"Branch from {row['ref']}",
+                                     icon="git-branch"))
+    await cl.Message(content="\n".join(lines), elements=elements, actions=actions, author="Atelier").send()
+
+
+async def _revert_to(ref: str, template: str) -> None:
+    session = current_session()
+    result = await asyncio.to_thread(session.call_tool, "revert", {"image": ref})
+    r = result.model_dump() if hasattr(result, "model_dump") else dict(result)
+    if r.get("error"):
+        await cl.Message(content=TEXTS["error"].format(message=r["error"].get("message")), author="Atelier").send()
+        return
+    store = studio(cl.user_session.get("overrides") or {}).store
+    path = await asyncio.to_thread(store.local_path, ref)
+    await cl.Message(content=template.format(ref=ref), author="Atelier",
+                     elements=[cl.Image(path=path, name=ref, display="inline", size="medium")],
+                     actions=_version_actions(ref)).send()
+
+
+@cl.action_callback("undo")
+async def on_undo(action: cl.Action):
+    session = current_session()
+    current = session.current or action.payload.get("ref")
+    store = studio(cl.user_session.get("overrides") or {}).store
+    parent = store.get(current).parent if current else None
+    if not parent:
+        await cl.Message(content=TEXTS["undo_nothing"], author="Atelier").send()
+        return
+    await _revert_to(parent, TEXTS["undone"])
+
+
+@cl.action_callback("branch")
+async def on_branch(action: cl.Action):
+    await _revert_to(action.payload["ref"], TEXTS["branched"])

@@ -1,0 +1,163 @@
+"""What the chat shows, as plain functions over the agent's data (no Chainlit here).
+
+Kept apart from the Chainlit callbacks so that every text a person reads can be tested without a
+server: the banner, a tool step's input and output (arguments, result, the checks it passed),
+progress lines, upload problems, and the chat-settings -> profile-overrides mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import yaml
+
+ACCEPTED_MIME = ("image/png", "image/jpeg", "image/webp")
+
+
+def texts() -> dict[str, str]:
+    """The chat app's user-facing texts (`ui/chat_app/texts.yaml`)."""
+    raw = (resources.files("ui.chat_app") / "texts.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(raw)
+
+
+def banner(profile) -> str:
+    """The first message of a chat: which profile runs, and the random-weights notice."""
+    t = texts()
+    lines = [t["banner"].format(name=profile.name, description=profile.description or "").strip()]
+    if profile.random_weights_notice:
+        lines.append(t["random_weights_notice"].strip())
+    lines.append(t["howto"].strip())
+    return "\n\n".join(lines)
+
+
+def tool_input(args: dict[str, Any]) -> str:
+    """A tool call's arguments as indented JSON (shown as the step's input)."""
+    return json.dumps(args or {}, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if hasattr(result, "model_dump"):
+        return result.model_dump()
+    if isinstance(result, dict):
+        return result
+    return {"note": str(result)}
+
+
+def result_checks(result: Any) -> list[str]:
+    """The checks a result passed, one short line each: identity per face, watermark, safety."""
+    r = _as_dict(result)
+    lines: list[str] = []
+    for face in r.get("faces") or []:
+        face = _as_dict(face)
+        distance = face.get("distance")
+        if distance is None:
+            lines.append(f"face {face.get('face')}: lost (no matching face in the result)")
+        else:
+            verdict = "same person" if face.get("same_person") else "DRIFTED"
+            lines.append(f"face {face.get('face')}: identity distance {distance:.3f} ({verdict})")
+    if r.get("attempts", 1) and int(r.get("attempts", 1)) > 1:
+        lines.append(f"attempts: {r['attempts']}")
+    for wid in r.get("watermark_ids") or []:
+        lines.append(f"watermark id: {wid}")
+    safety = r.get("safety") or {}
+    for stage, decision in safety.items():
+        lines.append(f"safety ({stage}): {decision}")
+    for key, value in (r.get("drift") or {}).items():
+        lines.append(f"{key.replace('_', ' ')}: {value:.3g}" if isinstance(value, (int, float)) else f"{key}: {value}")
+    return lines
+
+
+def tool_output(result: Any) -> str:
+    """A finished tool step's output: the refs it made, size, seeds, then the checks."""
+    r = _as_dict(result)
+    if not r:
+        return "done"
+    if r.get("ok") is False or r.get("error"):
+        return f"**Failed:** {r.get('error') or 'the tool did not finish'}"
+    parts: list[str] = []
+    images = r.get("images") or []
+    if images:
+        parts.append("**Result:** " + ", ".join(f"`{ref}`" for ref in images))
+    if r.get("current") and r.get("current") not in images:
+        parts.append(f"**Current:** `{r['current']}`")
+    if r.get("size"):
+        w, h = r["size"]
+        parts.append(f"**Size:** {w}x{h}")
+    if r.get("seeds"):
+        parts.append("**Seed:** " + ", ".join(str(s) for s in r["seeds"]))
+    checks = result_checks(r)
+    if checks:
+        parts.append("**Checks:**\n" + "\n".join(f"- {line}" for line in checks))
+    if r.get("note"):
+        parts.append(f"**Note:** {r['note']}")
+    return "\n\n".join(parts) or "done"
+
+
+def progress_line(step: int, total: int) -> str:
+    total = max(int(total), 1)
+    step = min(max(int(step), 0), total)
+    filled = round(10 * step / total)
+    return f"denoising step {step} of {total}  [{'#' * filled}{'.' * (10 - filled)}]"
+
+
+def upload_problem(name: str, mime: str | None, size: int | None, max_bytes: int) -> str | None:
+    """Why an attached file cannot be used (None when it can): checked before the agent runs."""
+    t = texts()
+    if (mime or "").lower() not in ACCEPTED_MIME:
+        return t["upload_unsupported"].format(name=name, mime=mime or "unknown type")
+    if size is not None and size > max_bytes:
+        return t["upload_too_large"].format(name=name, size_mb=size / 1e6, max_mb=max_bytes / 1e6)
+    return None
+
+
+# Chat settings (cl.ChatSettings widget ids) -> profile overrides
+SETTING_STEPS = "steps"
+SETTING_SEED = "seed"
+SETTING_IDENTITY = "identity_max_distance"
+
+
+def settings_overrides(values: dict[str, Any], profile) -> dict[str, Any]:
+    """Turn the chat-settings panel into profile overrides; values equal to the profile's own
+    are left out, so an untouched panel means no overrides."""
+    out: dict[str, Any] = {}
+    steps = values.get(SETTING_STEPS)
+    if steps not in (None, "") and int(steps) != profile.engine.steps:
+        out.setdefault("engine", {})["steps"] = max(1, int(steps))
+    seed = values.get(SETTING_SEED)
+    if seed not in (None, "") and int(float(seed)) != profile.engine.seed_base:
+        out.setdefault("engine", {})["seed_base"] = max(0, int(float(seed)))
+    distance = values.get(SETTING_IDENTITY)
+    if distance not in (None, "") and abs(float(distance) - profile.identity.max_distance) > 1e-9:
+        out.setdefault("identity", {})["max_distance"] = float(distance)
+    return out
+
+
+def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (base or {}).items()}
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def versions_summary(versions: list[Any], current: str | None) -> list[dict[str, Any]]:
+    """The session's versions as timeline rows: ref, parent, what made it, whether current."""
+    rows = []
+    for v in versions:
+        v = _as_dict(v)
+        call = v.get("tool_call") or {}
+        made_by = call.get("name") or v.get("origin") or "?"
+        rows.append({
+            "ref": v.get("ref"),
+            "parent": v.get("parent"),
+            "made_by": made_by,
+            "label": f"{v.get('ref')} — {made_by}" + (f" from {v['parent']}" if v.get("parent") else ""),
+            "current": v.get("ref") == current,
+        })
+    return rows
