@@ -1,0 +1,389 @@
+"""The Python API: `Atelier` (one per process) and its `Session`s (one per conversation).
+
+    from agent import Atelier
+    app = Atelier(profile="tiny")
+    s = app.session("thread-1", user_id="me")
+    result = s.send("a lighthouse at dusk, phone wallpaper")      # TurnResult
+    for event in s.stream("make it warmer"): ...                   # TurnEvent(kind, data)
+    result = await s.asend("/adjust exposure=+1")                  # async
+    s.resume(approved=True)                                        # answer a consent question
+
+A session is a LangGraph thread (`thread_id`) in the profile's checkpointer (SQLite by default,
+Postgres by URL), so it survives a process restart; images live in the image store as a tree of
+versions (undo and branch are a `revert` to an older ref). `user_id` is who is talking: rate
+limits and the audit log are per user.
+
+Failures a user causes before anything runs raise typed errors (`RateLimitedError`,
+`BadImageError`, `UnknownRefError`, `ToolArgumentError` for a bad slash command); everything that
+happens inside the turn (refusals, tool errors, planner failures) comes back in the `TurnResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.types import Command
+from pydantic import BaseModel, Field
+
+from agent.config import Profile, _deep_merge, load_profile
+from agent.graph import Services, TurnContext, build_graph
+from agent.planners.base import ChatModel, ToolCall
+from agent.slash import is_slash, parse_slash
+from agent.studio import open_store
+from tools.errors import AtelierError, BadImageError
+from tools.schemas import is_ref
+from tools.store import ImageStore, ImageVersion
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["status", "tool_start", "progress", "tool_end", "image", "consent", "refusal",
+                    "answer", "error", "done"]
+
+
+class TurnResult(BaseModel):
+    """What one turn produced."""
+
+    thread_id: str
+    answer: str = ""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)  # {"name", "args", "result"}
+    images: list[dict[str, Any]] = Field(default_factory=list)  # {"ref", "path", "width", "height"}
+    consent: dict[str, Any] | None = None  # pending question: {"question", "people", "call"}
+    refused: dict[str, Any] | None = None  # {"category", "reason"}
+    error: dict[str, Any] | None = None  # {"code", "message"}
+
+
+class TurnEvent(BaseModel):
+    """One step of a turn as it happens (see the module docstring of agent.graph)."""
+
+    kind: EventKind
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+ImageInput = str | bytes | os.PathLike
+
+
+def open_checkpointer(url: str):
+    """A LangGraph checkpointer for a sessions URL: a SQLite path, or postgres://... ."""
+    if url.startswith(("postgres://", "postgresql://")):
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+            from psycopg import Connection
+            from psycopg.rows import dict_row
+        except ImportError:
+            raise AtelierError(
+                "a Postgres sessions URL needs the postgres extra: pip install 'qwen-atelier[postgres]'"
+            ) from None
+        conn = Connection.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
+        saver = PostgresSaver(conn)
+        saver.setup()
+        return saver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = url.removeprefix("sqlite:///")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False)
+    return SqliteSaver(conn)
+
+
+class Atelier:
+    """Everything a profile needs, built lazily and shared by every session of the process."""
+
+    def __init__(self, profile: str | Profile | None = "tiny", overrides: dict[str, Any] | None = None,
+                 *, planner: ChatModel | None = None):
+        if isinstance(profile, Profile):
+            self.profile = Profile.model_validate(_deep_merge(profile.model_dump(), overrides or {}))
+        else:
+            self.profile = load_profile(profile, overrides)
+        self._planner = planner
+        self._lock = threading.RLock()
+        self._built: dict[str, Any] = {}
+        self._thread_locks: dict[str, threading.Lock] = {}
+
+    def _once(self, name: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = make()
+            return self._built[name]
+
+    @property
+    def store(self) -> ImageStore:
+        return self._once("store", lambda: open_store(self.profile))
+
+    @property
+    def planner(self) -> ChatModel:
+        def make() -> ChatModel:
+            from agent.planners import build_planner
+
+            return self._planner or build_planner(self.profile)
+
+        return self._once("planner", make)
+
+    @property
+    def limiter(self):
+        def make():
+            from tools.safety import RateLimiter
+
+            return RateLimiter(self.profile.limits.per_user)
+
+        return self._once("limiter", make)
+
+    @property
+    def services(self) -> Services:
+        def make() -> Services:
+            from tools.provenance import Sealer
+            from tools.safety import AuditLog, ImageScreener, PromptScreener
+
+            profile = self.profile
+            key_dir = profile.provenance.key_dir or str(Path(profile.store.root) / "keys")
+            return Services(
+                profile=profile, store=self.store, planner=self.planner,
+                prompt_screener=PromptScreener(profile.safety),
+                image_screener=ImageScreener(profile.safety),
+                sealer=Sealer(profile.provenance, key_dir),
+                audit=AuditLog(profile.store.audit_url()),
+            )
+
+        return self._once("services", make)
+
+    @property
+    def graph(self):
+        return self._once("graph", lambda: build_graph(
+            self.services, open_checkpointer(self.profile.store.sessions_url())))
+
+    def session(self, thread_id: str, user_id: str = "local") -> Session:
+        if not thread_id or not isinstance(thread_id, str):
+            raise AtelierError("a session needs a thread id (any non-empty string)")
+        return Session(self, thread_id, user_id)
+
+    def _thread_lock(self, thread_id: str) -> threading.Lock:
+        with self._lock:
+            return self._thread_locks.setdefault(thread_id, threading.Lock())
+
+    def close(self) -> None:
+        with self._lock:
+            planner = self._built.get("planner")
+            if planner is not None and self._planner is None:
+                planner.close()
+            graph = self._built.get("graph")
+            conn = getattr(getattr(graph, "checkpointer", None), "conn", None)
+            if conn is not None:
+                conn.close()
+            self._built.clear()
+
+
+class Session:
+    """One conversation (`thread_id`) of one person (`user_id`)."""
+
+    def __init__(self, app: Atelier, thread_id: str, user_id: str = "local"):
+        self.app = app
+        self.thread_id = thread_id
+        self.user_id = user_id
+        self._cancel = threading.Event()
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def _config(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": self.thread_id}, "recursion_limit": 200}
+
+    def _snapshot(self):
+        return self.app.graph.get_state(self._config)
+
+    @property
+    def pending_consent(self) -> dict[str, Any] | None:
+        """The consent question the turn is waiting on, or None."""
+        snap = self._snapshot()
+        return dict(snap.interrupts[0].value) if snap.interrupts else None
+
+    @property
+    def current(self) -> str | None:
+        return self._snapshot().values.get("current")
+
+    def history(self) -> list[ImageVersion]:
+        """Every image version of this session, oldest first (a tree through `parent`)."""
+        return self.app.store.history(self.thread_id)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as OpenAI-style messages (what the planner's history is built from)."""
+        return list(self._snapshot().values.get("messages") or [])
+
+    def cancel(self) -> None:
+        """Stop long work: the engine stops at its next step and the turn ends."""
+        self._cancel.set()
+
+    # -- turns ------------------------------------------------------------------------------
+    def stream(self, text: str, images: list[ImageInput] | None = None) -> Iterator[TurnEvent]:
+        """Run a turn, yielding events. Rate limits, uploads and slash commands are checked
+        before the first event (they raise)."""
+        return self._run(self._turn_input(text, images))
+
+    def send(self, text: str, images: list[ImageInput] | None = None) -> TurnResult:
+        return _last_result(self.stream(text, images))
+
+    def call_tool(self, name: str, args: dict[str, Any]) -> TurnResult:
+        """Run one tool through the same screens, seal and audit, without the planner."""
+        self.app.limiter.hit(self.user_id)
+        call = ToolCall(name, dict(args or {}))
+        text = f"/{name} {json.dumps(call.args, ensure_ascii=False)}"
+        return _last_result(self._run(self._direct_input(text, call, [])))
+
+    def resume(self, approved: bool) -> TurnResult:
+        """Answer the pending consent question and finish the turn."""
+        return _last_result(self.stream_resume(approved))
+
+    def stream_resume(self, approved: bool) -> Iterator[TurnEvent]:
+        if self.pending_consent is None:
+            raise AtelierError("there is no question waiting for an answer in this session")
+        return self._run(Command(resume=bool(approved)))
+
+    # -- async ------------------------------------------------------------------------------
+    def astream(self, text: str, images: list[ImageInput] | None = None) -> AsyncIterator[TurnEvent]:
+        inp = self._turn_input(text, images)  # raises before any event, like stream()
+        return self._aiterate(lambda: self._run(inp))
+
+    async def asend(self, text: str, images: list[ImageInput] | None = None) -> TurnResult:
+        return await asyncio.to_thread(self.send, text, images)
+
+    async def aresume(self, approved: bool) -> TurnResult:
+        return await asyncio.to_thread(self.resume, approved)
+
+    def astream_resume(self, approved: bool) -> AsyncIterator[TurnEvent]:
+        if self.pending_consent is None:
+            raise AtelierError("there is no question waiting for an answer in this session")
+        return self._aiterate(lambda: self._run(Command(resume=bool(approved))))
+
+    async def acall_tool(self, name: str, args: dict[str, Any]) -> TurnResult:
+        return await asyncio.to_thread(self.call_tool, name, args)
+
+    async def _aiterate(self, make: Callable[[], Iterator[TurnEvent]]) -> AsyncIterator[TurnEvent]:
+        """Run a sync event iterator in a worker thread and hand its events to the loop."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        finished = object()
+
+        def worker() -> None:
+            try:
+                for event in make():
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, err)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, finished)
+
+        task = loop.run_in_executor(None, worker)
+        done = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is finished:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not done:  # the consumer went away (closed stream, disconnect): stop the work
+                self.cancel()
+            await task
+
+    # -- internals --------------------------------------------------------------------------
+    def _turn_input(self, text: str, images: list[ImageInput] | None) -> dict[str, Any]:
+        text = (text or "").strip()
+        self.app.limiter.hit(self.user_id)
+        refs = [self._ingest(item) for item in images or []]
+        if self.pending_consent is not None:  # a new message answers an open question with "no"
+            _last_result(self._run(Command(resume=False)))
+        if is_slash(text):
+            name, args = parse_slash(text, current=refs[-1] if refs else self.current, store=self.app.store)
+            return self._direct_input(text, ToolCall(name, args), refs)
+        if not text and not refs:
+            raise AtelierError("say something, or attach an image")
+        user: dict[str, Any] = {"role": "user", "content": text}
+        if refs:
+            user["images"] = refs
+        return {"messages": [user], "direct": False, "queue": []}
+
+    def _direct_input(self, text: str, call: ToolCall, refs: list[str]) -> dict[str, Any]:
+        user: dict[str, Any] = {"role": "user", "content": text}
+        if refs:
+            user["images"] = refs
+        assistant = {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.args, ensure_ascii=False)}}]}
+        return {"messages": [user, assistant], "direct": True, "queue": [call.as_dict()]}
+
+    def _ingest(self, item: ImageInput) -> str:
+        store = self.app.store
+        if isinstance(item, str) and is_ref(item):
+            version = store.get(item)  # UnknownRefError when it is not there
+            if version.session != self.thread_id and item not in {v.ref for v in self.history()}:
+                store.put(store.read_bytes(item), session=self.thread_id)  # list it in this session
+            return item
+        if isinstance(item, (bytes, bytearray)):
+            return store.ingest(bytes(item), session=self.thread_id).ref
+        if isinstance(item, (str, os.PathLike)):
+            return store.ingest(item, session=self.thread_id).ref
+        raise BadImageError(f"cannot read an image from a {type(item).__name__}")
+
+    def _run(self, inp: Any) -> Iterator[TurnEvent]:
+        graph = self.app.graph
+        lock = self.app._thread_lock(self.thread_id)
+        with lock:
+            self._cancel.clear()
+            ctx = TurnContext(user_id=self.user_id, thread_id=self.thread_id, cancel=self._cancel)
+            failure: dict[str, Any] | None = None
+            try:
+                for mode, chunk in graph.stream(inp, self._config, context=ctx,
+                                                stream_mode=["custom", "updates"]):
+                    if mode == "custom":
+                        data = dict(chunk)
+                        yield TurnEvent(kind=data.pop("kind"), data=data)
+                    elif "__interrupt__" in chunk:
+                        yield TurnEvent(kind="consent", data=dict(chunk["__interrupt__"][0].value))
+            except AtelierError as err:
+                failure = {"code": err.code, "message": str(err)}
+            except Exception as err:  # noqa: BLE001 - a crash ends the turn with a message
+                log.exception("turn failed (thread %s)", self.thread_id)
+                failure = {"code": "internal_error", "message": f"something went wrong: {type(err).__name__}: {err}"}
+            result = self._result()
+            if failure is not None:
+                result.error = failure
+            if result.answer:
+                yield TurnEvent(kind="answer", data={"text": result.answer})
+            if result.error:
+                yield TurnEvent(kind="error", data=dict(result.error))
+            yield TurnEvent(kind="done", data={"result": result})
+
+    def _result(self) -> TurnResult:
+        snap = self._snapshot()
+        values = snap.values
+        images = []
+        for ref in values.get("images") or []:
+            version = self.app.store.get(ref)
+            images.append({"ref": ref, "path": self.app.store.local_path(ref),
+                           "width": version.width, "height": version.height})
+        return TurnResult(
+            thread_id=self.thread_id,
+            answer=values.get("answer") or "",
+            tool_calls=list(values.get("calls") or []),
+            images=images,
+            consent=dict(snap.interrupts[0].value) if snap.interrupts else None,
+            refused=values.get("refused"),
+            error=values.get("error"),
+        )
+
+
+def _last_result(events: Iterator[TurnEvent]) -> TurnResult:
+    result = None
+    for event in events:
+        if event.kind == "done":
+            result = event.data["result"]
+    assert result is not None, "a turn always ends with a done event"
+    return result
