@@ -48,6 +48,8 @@ class PlannerSettings(BaseModel):
     hub_file: str | None = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     n_ctx: int = 8192
     n_threads: int | None = None
+    # gguf: "qwen" (Qwen template + <tool_call> parser, default) or a llama-cpp chat_format
+    chat_format: str | None = None
     # transformers / openai
     model: str | None = None
     base_url: str | None = None
