@@ -1,0 +1,245 @@
+"""The OpenAI-compatible API against a real uvicorn server on loopback, driven by the official
+`openai` client, on the `tiny` profile (scripted planner: a user message becomes generate_image)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from PIL import Image
+
+from agent import Atelier
+from agent.config import load_profile
+from ui.http_api import ServerOptions, create_app, load_api_keys
+
+KEY_ALICE = "sk-test-alice-0123456789"
+KEY_BURST = "sk-test-burst-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LoopbackServer:
+    """uvicorn serving the app in a thread of the test process, on a free loopback port."""
+
+    def __init__(self, app):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _atelier(root, per_user: str) -> Atelier:
+    return Atelier(profile=load_profile("tiny", {"store": {"root": str(root)}, "limits": {"per_user": per_user}}))
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """No keys configured: local use, everyone is user `local`."""
+    atelier = _atelier(tmp_path_factory.mktemp("http-local"), "1000/minute")
+    with LoopbackServer(create_app(atelier, ServerOptions())) as server:
+        server.atelier = atelier
+        server.client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=300)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    """Keys configured; the `burst` user gets a tiny rate limit through the profile."""
+    atelier = _atelier(tmp_path_factory.mktemp("http-keyed"), "2/minute")
+    keys = load_api_keys(spec=f"{KEY_ALICE}=alice,{KEY_BURST}=burst")
+    with LoopbackServer(create_app(atelier, ServerOptions(api_keys=keys))) as server:
+        server.atelier = atelier
+        yield server
+
+
+def _client(server, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0, timeout=300)
+
+
+def _png_data_url(color=(200, 30, 30), size=(64, 48)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image_links(markdown: str) -> list[str]:
+    import re
+
+    return re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)
+
+
+def test_models_lists_the_profile(local):
+    models = local.client.models.list()
+    assert [m.id for m in models.data] == ["atelier-tiny"]
+
+
+def test_completion_answers_with_an_image_link_that_serves_a_png(local):
+    resp = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a red fox in the snow"}])
+    content = resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "stop"
+    links = _image_links(content)
+    assert len(links) == 1 and f"{local.base}/v1/files/img_" in links[0]
+    got = httpx.get(links[0])
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "image/png"
+    assert got.content[:8] == b"\x89PNG\r\n\x1a\n"
+    ref = links[0].rsplit("/", 1)[1]
+    version = local.atelier.store.get(ref)
+    assert Image.open(io.BytesIO(got.content)).size == (version.width, version.height)
+    assert version.origin == "generated"
+    extra = resp.model_extra["atelier"]
+    assert extra["images"][0]["ref"] == ref
+    assert extra["tool_calls"][0]["name"] == "generate_image"
+
+
+def test_same_conversation_maps_to_the_same_thread(local):
+    first = [{"role": "user", "content": "a lighthouse at dusk"}]
+    r1 = local.client.chat.completions.create(model="atelier-tiny", messages=first)
+    follow = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                      {"role": "user", "content": "a boat next to it"}]
+    r2 = local.client.chat.completions.create(model="atelier-tiny", messages=follow)
+    other = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a different start"}])
+    thread = r1.model_extra["atelier"]["thread_id"]
+    assert r2.model_extra["atelier"]["thread_id"] == thread
+    assert other.model_extra["atelier"]["thread_id"] != thread
+    refs = [v.ref for v in local.atelier.session(thread, user_id="local").history()]
+    assert r1.model_extra["atelier"]["images"][0]["ref"] in refs
+    assert r2.model_extra["atelier"]["images"][0]["ref"] in refs
+
+
+def test_explicit_thread_id_in_metadata_wins(local):
+    resp = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a green apple"}],
+        metadata={"thread_id": "my-thread-42"})
+    assert resp.model_extra["atelier"]["thread_id"] == "my-thread-42"
+
+
+def test_streaming_sends_chunks_with_the_image_link(local):
+    stream = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a blue whale"}], stream=True)
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    links = _image_links(text)
+    assert len(links) == 1
+    assert httpx.get(links[0]).content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stream_ends_with_done_on_the_wire(local):
+    body = {"model": "atelier-tiny", "stream": True, "messages": [{"role": "user", "content": "a kite"}]}
+    with httpx.stream("POST", local.base + "/v1/chat/completions", json=body, timeout=300) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_an_uploaded_data_url_is_ingested_into_the_thread(local):
+    resp = local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "a cat like this one"},
+        {"type": "image_url", "image_url": {"url": _png_data_url(size=(64, 48))}},
+    ]}])
+    thread = resp.model_extra["atelier"]["thread_id"]
+    history = local.atelier.session(thread, user_id="local").history()
+    uploads = [v for v in history if v.origin == "upload"]
+    assert len(uploads) == 1 and (uploads[0].width, uploads[0].height) == (64, 48)
+
+
+def test_corrupt_data_url_is_a_400(local):
+    for url in ("data:image/png;base64,@@not-base64@@", "data:image/png;base64," + base64.b64encode(b"not a png").decode()):
+        with pytest.raises(openai.BadRequestError) as err:
+            local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "edit this"}, {"type": "image_url", "image_url": {"url": url}}]}])
+        assert err.value.status_code == 400
+        assert err.value.body["code"] in ("bad_image",)
+        assert "image" in err.value.body["message"]
+
+
+def test_remote_image_urls_are_not_fetched_by_default(local):
+    with pytest.raises(openai.BadRequestError) as err:
+        local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "edit this"},
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]}])
+    assert err.value.body["code"] == "remote_image_disabled"
+
+
+def test_unknown_ref_and_unknown_model_are_404s(local):
+    resp = httpx.get(local.base + "/v1/files/img_0123456789ab")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "unknown_ref"
+    with pytest.raises(openai.NotFoundError):
+        local.client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_malformed_request_is_a_400_in_openai_shape(local):
+    resp = httpx.post(local.base + "/v1/chat/completions", json={"model": "atelier-tiny", "messages": []})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_wrong_or_missing_key_is_a_401(keyed):
+    with pytest.raises(openai.AuthenticationError):
+        _client(keyed, "sk-wrong-key-000000000").models.list()
+    resp = httpx.get(keyed.base + "/v1/models")
+    assert resp.status_code == 401 and resp.json()["error"]["type"] == "authentication_error"
+    assert [m.id for m in _client(keyed, KEY_ALICE).models.list().data] == ["atelier-tiny"]
+
+
+def test_burst_over_the_rate_limit_is_a_429_with_retry_after(keyed):
+    client = _client(keyed, KEY_BURST)
+    statuses, retry_after = [], None
+    for i in range(4):
+        try:
+            client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": f"burst {i}"}])
+            statuses.append(200)
+        except openai.RateLimitError as err:
+            statuses.append(err.status_code)
+            retry_after = err.response.headers.get("retry-after")
+    assert statuses == [200, 200, 429, 429]
+    assert retry_after is not None and 1 <= int(retry_after) <= 60
+    # the limit is per user: alice is not affected by burst's requests
+    ok = _client(keyed, KEY_ALICE).chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a quiet pond"}])
+    assert _image_links(ok.choices[0].message.content)
+
+
+def test_image_links_are_signed_when_keys_are_configured(keyed):
+    resp = _client(keyed, KEY_ALICE).chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a paper boat"}])
+    link = _image_links(resp.choices[0].message.content)[0]
+    assert "?sig=" in link
+    assert httpx.get(link).status_code == 200  # a browser can show it without the key
+    unsigned = link.split("?", 1)[0]
+    assert httpx.get(unsigned).status_code == 401
+    assert httpx.get(unsigned, headers={"Authorization": f"Bearer {KEY_ALICE}"}).status_code == 200
+    assert httpx.get(unsigned + "?sig=" + "0" * 32).status_code == 401

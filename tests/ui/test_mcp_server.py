@@ -1,0 +1,94 @@
+"""The MCP server driven by the SDK's own client over stdio (`atelier mcp --profile tiny` as a
+subprocess, as Claude Desktop starts it)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import sys
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from PIL import Image
+
+from tools.schemas import TOOL_MODELS, tool_json_schemas
+
+@pytest.fixture
+def server_params(tmp_path):
+    env = dict(os.environ)
+    env.pop("ATELIER_PROFILE", None)
+    env["ATELIER_HOME"] = str(tmp_path / "atelier")
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "ui.cli", "mcp", "--profile", "tiny", "--set", f"store.root={tmp_path / 'atelier'}"],
+        env=env,
+    )
+
+
+def _text(result) -> dict:
+    texts = [c.text for c in result.content if c.type == "text"]
+    assert texts, result
+    return json.loads(texts[-1])
+
+
+async def test_stdio_tools_generate_and_verify(server_params):
+    async with stdio_client(server_params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(TOOL_MODELS) | {"verify", "upload_image"} == set(tools)
+        contract = {s["function"]["name"]: s["function"]["parameters"] for s in tool_json_schemas()}
+        for name, schema in contract.items():  # same names and arguments as tools.schemas
+            assert tools[name].inputSchema["properties"].keys() == schema["properties"].keys()
+            assert tools[name].inputSchema.get("required", []) == schema.get("required", [])
+
+        made = await client.call_tool("generate_image", {"prompt": "a red fox in the snow", "aspect_ratio": "16:9"})
+        assert not made.isError, made.content
+        images = [c for c in made.content if c.type == "image"]
+        assert len(images) == 1 and images[0].mimeType == "image/png"
+        png = base64.b64decode(images[0].data)
+        summary = _text(made)
+        ref = summary["images"][0]["ref"]
+        assert ref.startswith("img_")
+        width, height = Image.open(io.BytesIO(png)).size
+        assert (width, height) == (summary["images"][0]["width"], summary["images"][0]["height"])
+        assert width > height  # 16:9
+
+        verified = await client.call_tool("verify", {"image": ref})
+        assert not verified.isError, verified.content
+        report = _text(verified)
+        assert report["image"] == ref
+        assert report["watermark"]["detected"] is True
+        assert report["c2pa"]["state"] not in (None, "none", "missing")
+
+        bad = await client.call_tool("generate_image", {"prompt": "a fox", "aspect_ratio": "5:1"})
+        assert bad.isError
+        assert "aspect_ratio" in bad.content[0].text
+
+        unknown = await client.call_tool("verify", {"image": "img_0123456789ab"})
+        assert unknown.isError and "img_0123456789ab" in unknown.content[0].text
+
+
+async def test_stdio_upload_then_adjust(server_params):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 200)).save(buf, format="PNG")
+    async with stdio_client(server_params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+        uploaded = await client.call_tool("upload_image", {"data": base64.b64encode(buf.getvalue()).decode()})
+        assert not uploaded.isError, uploaded.content
+        ref = _text(uploaded)["image"]
+        assert _text(uploaded)["width"] == 64
+
+        adjusted = await client.call_tool("adjust_image", {"image": ref, "exposure_ev": 1.0})
+        assert not adjusted.isError, adjusted.content
+        out = [c for c in adjusted.content if c.type == "image"]
+        assert len(out) == 1
+        brighter = Image.open(io.BytesIO(base64.b64decode(out[0].data))).convert("RGB")
+        assert brighter.size == (64, 48)
+        assert sum(brighter.getpixel((32, 24))) > 90 + 120 + 200
+
+        corrupt = await client.call_tool("upload_image", {"data": "@@not base64@@"})
+        assert corrupt.isError and "base64" in corrupt.content[0].text
