@@ -1,0 +1,157 @@
+"""Provenance: every produced image is invisibly watermarked, carries C2PA content credentials and
+plain metadata saying it was made by a generative model.
+
+    sealer = Sealer(ProvenanceSettings(), key_dir)
+    sealed = sealer.seal(image, action="created", source_type="trainedAlgorithmicMedia")
+    verify_bytes(sealed.data, key_dir=key_dir)  # {"watermark": {...}, "c2pa": {...}, "metadata": {...}}
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from tools.errors import BadImageError
+from tools.provenance import watermark as wm
+from tools.provenance.credentials import build_manifest, ensure_dev_credentials, make_signer, read_credentials, sign_png
+from tools.provenance.registry import WatermarkRegistry
+from tools.settings import ProvenanceSettings, default_data_root
+
+__all__ = ["Sealer", "SealedImage", "verify_bytes", "WatermarkRegistry", "default_key_dir"]
+
+SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia")
+
+XMP_TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+ xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+ Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/{source_type}"
+ xmp:CreatorTool="{tool}"/>
+</rdf:RDF></x:xmpmeta><?xpacket end="w"?>"""
+
+
+def default_key_dir() -> Path:
+    return Path(default_data_root()) / "keys"
+
+
+def _registry_for(key_dir: Path) -> Path:
+    return key_dir.parent / "watermarks.sqlite"
+
+
+@dataclass
+class SealedImage:
+    data: bytes  # PNG with the watermark, plain AI metadata and (when enabled) a C2PA manifest
+    watermark_id: str | None
+
+
+class Sealer:
+    """Watermark + C2PA + metadata for produced images; one per process is enough."""
+
+    def __init__(self, settings: ProvenanceSettings | None = None, key_dir: str | Path | None = None, *,
+                 registry: str | Path | None = None):
+        self.settings = settings or ProvenanceSettings()
+        self.key_dir = Path(key_dir or self.settings.key_dir or default_key_dir())
+        self.registry = WatermarkRegistry(registry or _registry_for(self.key_dir))
+        self._signer = None
+
+    def _new_id(self) -> str:
+        while True:
+            wm_id = f"{secrets.randbits(wm.BITS):012x}"
+            if wm_id not in self.registry:
+                return wm_id
+
+    def seal(
+        self,
+        image: Image.Image,
+        *,
+        action: Literal["created", "edited"] = "created",
+        source_type: str = "trainedAlgorithmicMedia",
+        parent: bytes | None = None,
+        tool_call: dict | None = None,
+    ) -> SealedImage:
+        if action not in ("created", "edited"):
+            raise ValueError(f"action must be 'created' or 'edited', not {action!r}")
+        image = image.convert("RGB")
+        wm_id = None
+        if self.settings.watermark:
+            wm_id = self._new_id()
+            image = wm.embed(image, wm_id)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", self.settings.claim_generator)
+        info.add_text("AI-Generated", "true")
+        info.add_text("Description", f"AI-generated image ({source_type}), {action} by {self.settings.claim_generator}")
+        info.add_itxt("XML:com.adobe.xmp", XMP_TEMPLATE.format(source_type=source_type, tool=self.settings.claim_generator))
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", pnginfo=info)
+        data = buf.getvalue()
+        if self.settings.c2pa:
+            if self._signer is None:
+                self._signer = make_signer(self.key_dir)
+            manifest = build_manifest(
+                action=action, source_type=source_type, claim_generator=self.settings.claim_generator,
+                watermark_id=wm_id, tool_call=tool_call, has_parent=parent is not None,
+            )
+            data = sign_png(data, manifest, self._signer, parent=parent)
+        if wm_id:
+            import hashlib
+
+            self.registry.add(
+                wm_id, action=action, sha256=hashlib.sha256(data).hexdigest(),
+                parent_sha256=hashlib.sha256(parent).hexdigest() if parent else None,
+            )
+        return SealedImage(data=data, watermark_id=wm_id)
+
+
+def detect_watermark(image: Image.Image, registry: WatermarkRegistry, *, search: bool = True) -> dict[str, Any]:
+    """Best registry match over the synchronisation hypotheses, against the FPR <= 1e-6 threshold."""
+    k = wm.threshold(len(registry))
+    best = {"detected": False, "id": None, "bit_agreement": 0.0, "bits_agreeing": 0, "threshold": k,
+            "threshold_bits": f"{k}/{wm.BITS}", "hypothesis": None, "registered": len(registry)}
+    if len(registry) == 0:
+        return best
+    for bits, hypothesis in wm.candidates(image, search=search):
+        value = int(wm.id_from_bits(bits), 16)
+        wm_id, agree = registry.nearest(value)
+        if agree > best["bits_agreeing"]:
+            best.update(id=wm_id, bits_agreeing=agree, bit_agreement=round(agree / wm.BITS, 4), hypothesis=hypothesis)
+        if agree >= k:
+            best["detected"] = True
+            return best
+    best["id"] = None  # below threshold: the nearest id means nothing
+    return best
+
+
+def verify_bytes(data: bytes, *, key_dir: str | Path | None = None, registry: WatermarkRegistry | str | Path | None = None,
+                 search: bool = True) -> dict[str, Any]:
+    """Watermark (detected, id, bit_agreement), C2PA (state, actions...) and plain metadata of a file."""
+    key_dir = Path(key_dir or default_key_dir())
+    if not isinstance(registry, WatermarkRegistry):
+        registry = WatermarkRegistry(registry or _registry_for(key_dir))
+    image = None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        if not data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
+            raise BadImageError(f"not an image Atelier can read ({err})") from None
+        image_error = f"the pixels cannot be decoded ({err})"
+        image = None
+    text = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)} if image else {}
+    metadata = {
+        "ai_generated": text.get("AI-Generated") == "true" or "trainedAlgorithmicMedia" in text.get("XML:com.adobe.xmp", ""),
+        "software": text.get("Software"),
+    }
+    ca = key_dir / "ca.pem"
+    credentials = read_credentials(data, trust_anchors=ca.read_text() if ca.exists() else None)
+    return {
+        "watermark": detect_watermark(image.convert("RGB"), registry, search=search) if image is not None
+        else {"detected": False, "id": None, "bit_agreement": 0.0, "error": image_error},
+        "c2pa": credentials,
+        "metadata": metadata,
+        "size": list(image.size) if image is not None else None,
+    }
