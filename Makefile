@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= offline-llm,faces,dev
+EXTRAS ?= offline-llm,faces,nsfw,dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PROFILE ?= offline
