@@ -1,0 +1,186 @@
+"""The offline default planner: Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K_M) through llama.cpp.
+
+Two ways to get tool calls out of it (`planner.chat_format`):
+
+- `qwen` (default): the conversation is rendered with Qwen's own chat template (tools listed in
+  `<tools>` in the system turn, earlier calls replayed as `<tool_call>` blocks, tool results as
+  `<tool_response>`), completed greedily, and the text parsed with `agent.planners.parsing`. The
+  system turn (instructions + tool schemas) is identical on every call, so llama.cpp reuses its
+  evaluated prefix and a turn only pays for the new tokens.
+- `chatml-function-calling`: llama-cpp-python's generic function-calling chat handler (it decides
+  between text and a call with a grammar). Kept for comparison (`atelier eval planner --set
+  planner.chat_format=chatml-function-calling`).
+
+The model file comes from `agent.planners.gguf_assets.locate_gguf` (configured path, cached
+assembly of the PyPI parts, or the hub). The loaded `Llama` is cached per process and guarded by a
+lock (a llama.cpp context is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from agent.planners.base import ChatModel, PlannerReply, ToolCall
+from agent.planners.gguf_assets import locate_gguf
+from agent.planners.parsing import format_tool_call, parse_tool_calls
+from tools.errors import ModelUnavailableError
+
+_LOCK = threading.Lock()
+_MODELS: dict[tuple, Any] = {}
+
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+TOOLS_POSTAMBLE = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
+
+
+def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ModelUnavailableError(
+            "llama-cpp-python is not installed: pip install 'qwen-atelier[offline-llm]'"
+        ) from None
+    key = (path, n_ctx, n_threads, chat_format)
+    with _LOCK:
+        llm = _MODELS.get(key)
+        if llm is None:
+            kwargs: dict[str, Any] = dict(
+                model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+                n_batch=512, verbose=False,
+            )
+            if chat_format:
+                kwargs["chat_format"] = chat_format
+            llm = Llama(**kwargs)
+            _MODELS[key] = llm
+        return llm
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    """OpenAI-style messages + tool schemas -> Qwen2.5 chat-template text ending at the assistant turn."""
+    system = ""
+    rest = messages
+    if messages and messages[0].get("role") == "system":
+        system, rest = messages[0].get("content") or "", messages[1:]
+    out = []
+    sys_text = system or "You are a helpful assistant."
+    if tools:
+        sys_text += "\n\n" + TOOLS_PREAMBLE + "\n".join(_compact(t) for t in tools) + TOOLS_POSTAMBLE
+    out.append(f"<|im_start|>system\n{sys_text}<|im_end|>\n")
+    i = 0
+    while i < len(rest):
+        m = rest[i]
+        role = m.get("role")
+        if role == "user":
+            out.append(f"<|im_start|>user\n{m.get('content') or ''}<|im_end|>\n")
+        elif role == "assistant":
+            parts = [m.get("content") or ""]
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") or call
+                args = fn.get("arguments", fn.get("args", {}))
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except ValueError:
+                        pass
+                parts.append(format_tool_call(fn.get("name", ""), args))
+            body = "\n".join(p for p in parts if p)
+            out.append(f"<|im_start|>assistant\n{body}<|im_end|>\n")
+        elif role == "tool":  # consecutive tool results share one user turn
+            responses = []
+            while i < len(rest) and rest[i].get("role") == "tool":
+                responses.append(f"<tool_response>\n{rest[i].get('content') or ''}\n</tool_response>")
+                i += 1
+            out.append("<|im_start|>user\n" + "\n".join(responses) + "<|im_end|>\n")
+            continue
+        i += 1
+    out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+class GGUFPlanner(ChatModel):
+    """`ChatModel` over a local GGUF Qwen model (see the module docstring)."""
+
+    name = "gguf"
+    sees_images = False
+
+    def __init__(self, settings, *, model_path: str | None = None, root: str | None = None):
+        self.settings = settings
+        self.chat_format = getattr(settings, "chat_format", None) or "qwen"
+        self._model_path = model_path
+        self._root = root
+        self._llm = None
+        self.last_timing: dict[str, float] = {}
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            path = self._model_path or str(locate_gguf(self.settings, root=self._root))
+            native = self.chat_format == "qwen"
+            self._llm = _load_llama(path, self.settings.n_ctx, self.settings.n_threads,
+                                    None if native else self.chat_format)
+        return self._llm
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PlannerReply:
+        llm = self.llm
+        t0 = time.perf_counter()
+        with _LOCK:
+            if self.chat_format == "qwen":
+                reply = self._chat_native(llm, messages, tools)
+            else:
+                reply = self._chat_handler(llm, messages, tools)
+        self.last_timing = {"seconds": time.perf_counter() - t0}
+        return reply
+
+    def _chat_native(self, llm, messages, tools) -> PlannerReply:
+        prompt = render_qwen(messages, tools)
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        budget = self.settings.n_ctx - len(tokens)
+        if budget < 16:
+            raise ModelUnavailableError(
+                f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
+            )
+        out = llm.create_completion(
+            tokens, max_tokens=min(self.settings.max_tokens, budget),
+            temperature=self.settings.temperature, top_k=1 if self.settings.temperature == 0 else 40,
+            stop=STOP,
+        )
+        text = out["choices"][0]["text"]
+        self.last_usage = out.get("usage", {})
+        return parse_tool_calls(text)
+
+    def _chat_handler(self, llm, messages, tools) -> PlannerReply:
+        out = llm.create_chat_completion(
+            messages=messages, tools=tools, tool_choice="auto",
+            max_tokens=self.settings.max_tokens, temperature=self.settings.temperature,
+        )
+        msg = out["choices"][0]["message"]
+        self.last_usage = out.get("usage", {})
+        calls = []
+        malformed = []
+        for tc in msg.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except ValueError:
+                malformed.append(fn.get("arguments") or "")
+                continue
+            calls.append(ToolCall(name=fn.get("name", ""), args=args if isinstance(args, dict) else {}))
+        text = msg.get("content") or ""
+        if not calls and "<tool_call>" in text:
+            return parse_tool_calls(text)
+        return PlannerReply(text=text.strip(), tool_calls=calls, raw=json.dumps(msg), malformed=malformed)

@@ -1,0 +1,111 @@
+"""Scoring of `atelier eval planner` with a scripted planner (no model)."""
+
+import json
+
+import pytest
+
+from agent.evals import EvalCaseError, check_arg, load_cases, run_eval, score_reply
+from agent.planners.base import ChatModel, PlannerReply, ToolCall
+from agent.planners.parsing import parse_tool_calls
+
+CASES = [
+    {"id": "gen", "images": [], "history": [], "message": "phone wallpaper of a forest",
+     "expect": {"tool": "generate_image", "args": {"aspect_ratio": {"eq": "9:16"}, "prompt": {"contains_any": ["pine", "forest"]}}}},
+    {"id": "relight", "images": [{"ref": "img_8b934b23", "desc": "portrait", "origin": "upload"}], "history": [],
+     "message": "warm light from the right",
+     "expect": {"tool": "relight_image", "args": {"image": {"eq": "img_8b934b23"}, "direction": {"eq": "right"}, "color_temperature": {"lt": 4000}}}},
+    {"id": "hello", "images": [], "history": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
+     "message": "what can you do?", "expect": {"tool": "none", "args": {}}},
+    {"id": "crop", "images": [{"ref": "img_908e9eb2", "desc": "park", "origin": "upload"}], "history": [],
+     "message": "crop the bottom third", "expect": {"tool": "adjust_image", "args": {"crop": {"len": 4}}}},
+]
+
+
+class Scripted(ChatModel):
+    """Answers by the last user message; records what it was shown."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.seen = []
+
+    def chat(self, messages, tools):
+        self.seen.append((messages, tools))
+        last = messages[-1]["content"]
+        for key, text in self.answers.items():
+            if key in last:
+                return parse_tool_calls(text)
+        return PlannerReply(text="?")
+
+
+def call(name, **args):
+    return '<tool_call>' + json.dumps({"name": name, "arguments": args}) + '</tool_call>'
+
+
+def test_all_right_scores_100_percent_and_reports_latency():
+    planner = Scripted({
+        "phone wallpaper": call("generate_image", prompt="misty pine forest", aspect_ratio="9:16"),
+        "warm light": call("relight_image", image="img_8b934b23", direction="right", color_temperature=3200),
+        "what can you do": "I can make and edit images.",
+        "crop the bottom": call("adjust_image", image="img_908e9eb2", crop=[0, 0, 1, 0.67]),
+    })
+    report = run_eval(planner, CASES)
+    assert report["accuracy"] == 1.0 and report["correct"] == 4 and report["failures"] == []
+    assert set(report["per_tool"]) == {"generate_image", "relight_image", "none", "adjust_image"}
+    assert report["latency_s"]["p90"] >= report["latency_s"]["p50"] >= 0
+    messages, tools = planner.seen[1]
+    assert "img_8b934b23" in messages[-1]["content"] and "(current)" in messages[-1]["content"]
+    assert {t["function"]["name"] for t in tools} >= {"generate_image", "revert"}
+    hello_msgs = planner.seen[2][0]
+    assert [m["role"] for m in hello_msgs] == ["system", "user", "assistant", "user"]
+
+
+def test_wrong_answers_are_counted_per_tool_with_reasons():
+    planner = Scripted({
+        "phone wallpaper": call("generate_image", prompt="a forest"),  # default 1:1, not 9:16
+        "warm light": call("relight_image", image="img_8b934b23", direction="right", color_temperature=7000),
+        "what can you do": call("generate_image", prompt="x"),
+        "crop the bottom": call("adjust_image", image="img_908e9eb2", crop=[0, 0, 1, 2]),  # invalid box
+    })
+    report = run_eval(planner, CASES)
+    assert report["correct"] == 0 and report["accuracy"] == 0.0
+    reasons = {f["id"]: f["reason"] for f in report["failures"]}
+    assert reasons["gen"].startswith("aspect_ratio: eq")
+    assert reasons["relight"].startswith("color_temperature: lt")
+    assert reasons["hello"] == "expected no tool call, got generate_image"
+    assert reasons["crop"].startswith("invalid arguments")
+    assert report["per_tool"]["generate_image"] == {"n": 1, "correct": 0, "accuracy": 0.0}
+
+
+def test_only_the_first_call_counts_and_malformed_is_not_none():
+    case = CASES[0]
+    two = parse_tool_calls(call("revert", image="img_0123abcd") + call("generate_image", prompt="forest", aspect_ratio="9:16"))
+    assert score_reply(case, two).reason == "wrong tool revert"
+    bad = parse_tool_calls("<tool_call>just words</tool_call>")
+    res = score_reply(CASES[2], bad)
+    assert not res.ok and res.got == "malformed"
+
+
+def test_matchers():
+    assert check_arg({"between": [30, 60]}, 45) is None
+    assert check_arg({"between": [30, 60]}, 61) is not None
+    assert check_arg({"in": [90, -90]}, -90.0) is None
+    assert check_arg({"contains_any": ["smil"]}, "make her SMILE softly") is None
+    assert check_arg({"contains_any": ["beach"]}, "a forest") is not None
+    assert check_arg({"eq": ["img_1b70ef04"]}, ["img_1b70ef04"]) is None
+    assert check_arg({"eq": False}, 0) is not None
+    assert check_arg({"len": 2}, ["a"]) is not None
+    assert check_arg({"gt": 1}, "2") is None and check_arg({"gt": 1}, True) is not None
+    with pytest.raises(EvalCaseError):
+        check_arg({"approximately": 3}, 3)
+
+
+def test_load_cases_reports_bad_lines(tmp_path):
+    good = tmp_path / "c.jsonl"
+    good.write_text(json.dumps(CASES[0]) + "\n\n" + json.dumps(CASES[2]) + "\n")
+    assert [c["id"] for c in load_cases(good)] == ["gen", "hello"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    with pytest.raises(EvalCaseError, match="bad.jsonl:1"):
+        load_cases(bad)
+    with pytest.raises(EvalCaseError, match="does not exist"):
+        load_cases(tmp_path / "nope.jsonl")
