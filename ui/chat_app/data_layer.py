@@ -15,7 +15,7 @@ import os
 import sqlite3
 import tempfile
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -48,8 +48,8 @@ class LocalStorageClient(BaseStorageClient):
 
     def path_for(self, object_key: str) -> Path:
         """The file of a key; raises KeyError for keys that would leave the root."""
-        parts = PurePosixPath(object_key).parts
-        if not parts or object_key.startswith("/") or any(p in ("..", ".", "") for p in parts) or "\\" in object_key:
+        parts = object_key.split("/")
+        if not object_key or "\\" in object_key or "\x00" in object_key or any(p in ("..", ".", "") for p in parts):
             raise KeyError(object_key)
         path = (self.root / Path(*parts)).resolve()
         if self.root not in path.parents:

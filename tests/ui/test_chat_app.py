@@ -1,0 +1,262 @@
+"""The chat app without a browser: thread persistence (SQLite data layer + local file storage),
+the file route, the launcher's environment, and every text the chat renders from agent data."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+import uuid
+
+import pytest
+from PIL import Image
+
+from agent.config import load_profile
+from ui.chat_app import auth_secret, prepare_environment, render, ui_root
+from ui.chat_app.data_layer import (
+    FILES_ROUTE,
+    LocalStorageClient,
+    build_data_layer,
+    ensure_schema,
+    install_file_route,
+)
+
+
+def _png(color=(200, 30, 30), size=(16, 12)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- storage provider ---------------------------------------------------------------------------
+def test_local_storage_round_trip_and_url(tmp_path):
+    storage = LocalStorageClient(tmp_path / "files")
+    data = _png()
+    out = asyncio.run(storage.upload_file("user-1/el-2/my image.png", data, mime="image/png"))
+    assert out["object_key"] == "user-1/el-2/my image.png"
+    assert out["url"] == f"{FILES_ROUTE}/user-1/el-2/my%20image.png"
+    assert storage.path_for("user-1/el-2/my image.png").read_bytes() == data
+    assert asyncio.run(storage.delete_file("user-1/el-2/my image.png")) is True
+    assert not storage.path_for("user-1/el-2/my image.png").exists()
+    assert asyncio.run(storage.delete_file("user-1/el-2/my image.png")) is False
+
+
+@pytest.mark.parametrize("key", ["../outside.png", "/etc/passwd", "a/../../b", "a\\..\\b", "", "a//b"])
+def test_local_storage_rejects_keys_outside_its_root(tmp_path, key):
+    storage = LocalStorageClient(tmp_path / "files")
+    with pytest.raises(KeyError):
+        storage.path_for(key)
+    assert not (tmp_path / "outside.png").exists()
+
+
+def test_upload_without_overwrite_keeps_the_first_file(tmp_path):
+    storage = LocalStorageClient(tmp_path)
+    asyncio.run(storage.upload_file("u/e/a.txt", "first"))
+    asyncio.run(storage.upload_file("u/e/a.txt", "second", overwrite=False))
+    assert storage.path_for("u/e/a.txt").read_text() == "first"
+
+
+def test_file_route_serves_stored_files_and_nothing_else(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.get("/{full_path:path}")  # Chainlit's catch-all for its frontend comes first
+    async def catch_all(full_path: str):
+        return {"frontend": full_path}
+
+    storage = LocalStorageClient(tmp_path / "files")
+    asyncio.run(storage.upload_file("u1/e1/fox.png", _png(), mime="image/png"))
+    install_file_route(app, storage)
+    install_file_route(app, storage)  # idempotent
+    client = TestClient(app)
+    ok = client.get(f"{FILES_ROUTE}/u1/e1/fox.png")
+    assert ok.status_code == 200 and ok.content == _png()
+    assert client.get(f"{FILES_ROUTE}/u1/e1/missing.png").status_code == 404
+    assert client.get(f"{FILES_ROUTE}/u1/%2E%2E/%2E%2E/secret").status_code in (400, 404)
+    assert client.get("/some/page").json() == {"frontend": "some/page"}
+
+
+# -- data layer on SQLite ------------------------------------------------------------------------
+def test_schema_is_created_once_and_has_every_column_chainlit_writes(tmp_path):
+    db = tmp_path / "threads.sqlite"
+    ensure_schema(db)
+    ensure_schema(db)  # idempotent
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
+        step_cols = {row[1] for row in conn.execute("pragma table_info(steps)")}
+        element_cols = {row[1] for row in conn.execute("pragma table_info(elements)")}
+    assert {"users", "threads", "steps", "elements", "feedbacks"} <= tables
+    from chainlit.element import ElementDict
+    from chainlit.step import StepDict
+
+    assert set(StepDict.__annotations__) - {"feedback"} <= step_cols
+    assert set(ElementDict.__annotations__) <= element_cols
+
+
+def test_thread_with_steps_and_image_survives_a_new_data_layer(tmp_path):
+    """What `on_chat_resume` relies on: a thread written by one server process is read back by
+    the next one, with its messages and its image elements pointing at stored files."""
+    from chainlit.element import Image as ClImage
+    from chainlit.user import User
+
+    db, files = tmp_path / "threads.sqlite", tmp_path / "files"
+    image_path = tmp_path / "img_abc.png"
+    image_path.write_bytes(_png((10, 200, 40)))
+    thread_id, step_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def write():
+        from chainlit.context import init_http_context
+
+        init_http_context(thread_id=thread_id)  # a Chainlit context outside a websocket session
+        layer = build_data_layer(db, files)
+        user = await layer.create_user(User(identifier="local"))
+        await layer.update_thread(thread_id, name="a red fox", user_id=user.id, tags=["atelier"],
+                                  metadata={"atelier_overrides": {"engine": {"steps": 3}}})
+        await layer.create_step({
+            "id": step_id, "threadId": thread_id, "name": "Atelier", "type": "assistant_message",
+            "streaming": False, "output": "Here is your fox.", "metadata": {}, "tags": ["answer"],
+            "createdAt": "2026-01-01T00:00:00Z",
+        })
+        element = ClImage(path=str(image_path), name="img_abc", display="inline", thread_id=thread_id,
+                          for_id=step_id, mime="image/png")
+        await layer.create_element(element)
+        await layer.engine.dispose()
+        return user.id
+
+    async def read(user_id):
+        layer = build_data_layer(db, files)
+        thread = await layer.get_thread(thread_id)
+        listed = await layer.get_all_user_threads(user_id=user_id)
+        await layer.engine.dispose()
+        return thread, listed
+
+    user_id = asyncio.run(write())
+    thread, listed = asyncio.run(read(user_id))
+    assert thread is not None and thread["name"] == "a red fox"
+    assert thread["tags"] == ["atelier"]
+    assert [s["output"] for s in thread["steps"]] == ["Here is your fox."]
+    assert [t["id"] for t in listed] == [thread_id]
+    (element,) = thread["elements"]
+    assert element["name"] == "img_abc" and element["forId"] == step_id
+    assert element["url"].startswith(FILES_ROUTE + "/")
+    stored = LocalStorageClient(files).path_for(element["objectKey"])
+    assert stored.read_bytes() == image_path.read_bytes()
+
+
+# -- launcher ------------------------------------------------------------------------------------
+def test_auth_secret_is_created_once_and_private(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHAINLIT_AUTH_SECRET", raising=False)
+    first = auth_secret(tmp_path)
+    assert len(first) >= 32 and auth_secret(tmp_path) == first
+    assert (tmp_path / ".auth_secret").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", "given-secret")
+    assert auth_secret(tmp_path) == "given-secret"
+
+
+def test_prepare_environment_points_chainlit_at_the_data_root(tmp_path, monkeypatch):
+    for key in ("CHAINLIT_APP_ROOT", "CHAINLIT_HOST", "CHAINLIT_PORT", "CHAINLIT_AUTH_SECRET",
+                "ATELIER_PROFILE", "ATELIER_UI_OVERRIDES"):
+        monkeypatch.delenv(key, raising=False)
+    root = prepare_environment("tiny", {"engine": {"steps": 3}}, str(tmp_path), "127.0.0.1", 8123)
+    import os
+
+    assert root == ui_root(tmp_path) and root.is_dir()
+    assert os.environ["CHAINLIT_APP_ROOT"] == str(root)
+    assert os.environ["CHAINLIT_PORT"] == "8123" and os.environ["ATELIER_PROFILE"] == "tiny"
+    assert os.environ["ATELIER_UI_OVERRIDES"] == '{"engine": {"steps": 3}}'
+    assert os.environ["CHAINLIT_AUTH_SECRET"] == (root / ".auth_secret").read_text()
+
+
+def test_ui_command_is_registered_with_profile_host_and_port():
+    from ui.cli import build_parser
+
+    args = build_parser().parse_args(["ui", "--profile", "tiny", "--host", "0.0.0.0", "--port", "9001",
+                                      "--set", "engine.steps=3"])
+    assert (args.profile, args.host, args.port, args.overrides) == ("tiny", "0.0.0.0", 9001, ["engine.steps=3"])
+    assert args.func.__module__ == "ui.commands.ui"
+
+
+def test_ui_command_rejects_an_unknown_profile_before_starting(capsys):
+    from ui.cli import main
+
+    assert main(["ui", "--profile", "no-such-profile", "--port", "1"]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+
+
+# -- what the chat says ---------------------------------------------------------------------------
+def test_banner_names_the_profile_and_warns_about_random_weights():
+    tiny = load_profile("tiny", environ={})
+    text = render.banner(tiny)
+    assert "**tiny**" in text and "random-weight" in text
+    real = tiny.model_copy(update={"name": "qwen-image-2.1", "random_weights_notice": False})
+    assert "random-weight" not in render.banner(real) and "qwen-image-2.1" in render.banner(real)
+
+
+def test_tool_output_shows_refs_size_and_every_check():
+    result = {
+        "tool": "edit_image", "ok": True, "images": ["img_0123456789ab"], "size": (64, 48), "seeds": [7],
+        "faces": [{"face": 0, "distance": 0.31, "same_person": True},
+                  {"face": 1, "distance": 0.72, "same_person": False},
+                  {"face": 2, "distance": None, "same_person": False}],
+        "attempts": 2, "watermark_ids": ["wm_42"], "safety": {"result": "allow"},
+        "note": "face 1 still drifts",
+    }
+    out = render.tool_output(result)
+    assert "`img_0123456789ab`" in out and "64x48" in out and "**Seed:** 7" in out
+    assert "face 0: identity distance 0.310 (same person)" in out
+    assert "face 1: identity distance 0.720 (DRIFTED)" in out
+    assert "face 2: lost" in out
+    assert "attempts: 2" in out and "watermark id: wm_42" in out and "safety (result): allow" in out
+    assert "face 1 still drifts" in out
+
+
+def test_tool_output_of_a_failure_and_of_a_revert():
+    assert render.tool_output({"tool": "relight_image", "ok": False, "error": "no image img_ff in the store"}) \
+        == "**Failed:** no image img_ff in the store"
+    revert = render.tool_output({"tool": "revert", "images": [], "current": "img_aaaaaaaaaaaa"})
+    assert "**Current:** `img_aaaaaaaaaaaa`" in revert
+
+
+def test_progress_line_counts_steps():
+    assert render.progress_line(1, 4).startswith("denoising step 1 of 4")
+    assert render.progress_line(4, 4).endswith("[##########]")
+    assert render.progress_line(9, 0) == "denoising step 1 of 1  [##########]"
+
+
+def test_upload_problems_are_one_readable_line():
+    limit = 30 * 1024 * 1024
+    assert render.upload_problem("cat.png", "image/png", 1000, limit) is None
+    assert render.upload_problem("cat.webp", "image/webp", 1000, limit) is None
+    gif = render.upload_problem("cat.gif", "image/gif", 1000, limit)
+    assert "cat.gif" in gif and "image/gif" in gif and "\n" not in gif
+    big = render.upload_problem("huge.jpg", "image/jpeg", 40_000_000, limit)
+    assert "40.0 MB" in big and "upload limit" in big
+
+
+def test_settings_become_overrides_only_when_changed():
+    tiny = load_profile("tiny", environ={})
+    untouched = {render.SETTING_STEPS: tiny.engine.steps, render.SETTING_SEED: tiny.engine.seed_base,
+                 render.SETTING_IDENTITY: tiny.identity.max_distance}
+    assert render.settings_overrides(untouched, tiny) == {}
+    changed = {render.SETTING_STEPS: 6, render.SETTING_SEED: 1234.0, render.SETTING_IDENTITY: 0.45}
+    assert render.settings_overrides(changed, tiny) == {
+        "engine": {"steps": 6, "seed_base": 1234}, "identity": {"max_distance": 0.45},
+    }
+    merged = render.merge_overrides({"engine": {"steps": 2, "device": "cpu"}}, {"engine": {"steps": 6}})
+    assert merged == {"engine": {"steps": 6, "device": "cpu"}}
+    # the overrides make a valid profile
+    assert load_profile("tiny", render.settings_overrides(changed, tiny), environ={}).engine.steps == 6
+
+
+def test_versions_summary_marks_current_and_parents():
+    versions = [
+        {"ref": "img_aaaaaaaaaaaa", "parent": None, "origin": "upload", "tool_call": None},
+        {"ref": "img_bbbbbbbbbbbb", "parent": "img_aaaaaaaaaaaa", "origin": "edited",
+         "tool_call": {"name": "relight_image", "args": {}}},
+    ]
+    rows = render.versions_summary(versions, "img_bbbbbbbbbbbb")
+    assert [r["made_by"] for r in rows] == ["upload", "relight_image"]
+    assert [r["current"] for r in rows] == [False, True]
+    assert rows[1]["label"] == "img_bbbbbbbbbbbb — relight_image from img_aaaaaaaaaaaa"
