@@ -29,6 +29,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -48,6 +49,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tools.errors import AtelierError, BadImageError, RateLimitedError, UnknownRefError
 from tools.schemas import is_ref
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED_SESSIONS = 512
 
@@ -337,7 +340,7 @@ class ChatAdapter:
 
     async def complete(self, session, lock, text: str, images: list[bytes]):
         async with lock:
-            approved = self.consent_reply(session, text, images)
+            approved = await asyncio.to_thread(self.consent_reply, session, text, images)
             try:
                 if approved is not None:
                     return await asyncio.to_thread(session.resume, approved)
@@ -403,6 +406,12 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
     async def _atelier_error(request: Request, err: AtelierError):
         return api_error_from(err).response()
 
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, err: Exception):
+        log.exception("request failed: %s %s", request.method, request.url.path)
+        return ApiError(500, f"internal error ({type(err).__name__}); see the server log", type="server_error",
+                        code="internal_error").response()
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         problems = "; ".join(
@@ -466,7 +475,11 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
     """SSE in OpenAI's chunk shape: a line per tool step, progress as SSE comments, then the answer."""
     model = adapter.model_id
     await lock.acquire()
-    approved = adapter.consent_reply(session, text, images)
+    try:
+        approved = await asyncio.to_thread(adapter.consent_reply, session, text, images)
+    except BaseException:
+        lock.release()
+        raise
     if approved is not None:
         try:
             result = await asyncio.to_thread(session.resume, approved)
@@ -483,8 +496,8 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
 
         return StreamingResponse(replay(), media_type="text/event-stream")
 
-    events = session.astream(text, images=images)
     try:  # errors before the first event (rate limit, bad upload) are HTTP errors, not a stream
+        events = await asyncio.to_thread(session.astream, text, images=images)
         first = await events.__anext__()
     except StopAsyncIteration:
         first = None

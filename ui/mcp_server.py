@@ -213,7 +213,8 @@ class AtelierMCP:
         session = self.session_for(ctx)
         try:
             raw = _decode_base64(data)
-            version = await anyio.to_thread.run_sync(lambda: session.upload(raw, filename=filename))
+            version = await anyio.to_thread.run_sync(
+                lambda: self.atelier.store.ingest(raw, filename=filename, session=session.thread_id))
         except AtelierError as err:
             return _error(str(err))
         return [TextContent(type="text", text=json.dumps(
