@@ -174,12 +174,32 @@ def planner_messages(services: Services, state: TurnState, session: str) -> list
     """The messages the planner sees, built by agent.prompting (shared with the planner eval)."""
     from agent.prompting import build_messages
 
-    return build_messages(
+    messages = build_messages(
         history=state.get("messages", []),
         images=services.store.history(session),
         user_text=None,  # the history already ends with the user's message or tool results
         current=state.get("current"),
     )
+    if services.planner.sees_images:
+        _attach_images(services.store, state, messages)
+    return messages
+
+
+MAX_ATTACHED_IMAGES = 3
+
+
+def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str, Any]]) -> None:
+    """Vision planners see the images they need: this turn's uploads and the current image,
+    as local paths on the last user message (`image_paths`), loaded only for the model call."""
+    users = [m for m in state.get("messages", []) if m.get("role") == "user"]
+    refs = list((users[-1].get("images") or []) if users else [])
+    if state.get("current") and state["current"] not in refs:
+        refs.append(state["current"])
+    paths = [store.local_path(r) for r in refs[-MAX_ATTACHED_IMAGES:] if store.exists(r)]
+    for msg in reversed(messages):
+        if msg.get("role") == "user":
+            msg["image_paths"] = paths
+            break
 
 
 def _summary(state: TurnState) -> str:

@@ -33,5 +33,7 @@ def build_planner(profile: Profile) -> ChatModel:
     if settings.kind == "transformers":
         from agent.planners.transformers_vl import TransformersVLPlanner
 
-        return TransformersVLPlanner(settings)
+        from tools.shared_models import text_encoder_key
+
+        return TransformersVLPlanner(settings, shared_key=text_encoder_key(profile.engine))
     raise ValueError(f"unknown planner kind {settings.kind!r}")
