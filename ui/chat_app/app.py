@@ -242,9 +242,11 @@ class TurnView:
             self.answer = data.get("text") or ""
         elif kind == "error":
             self.error = data
+        elif kind == "done" and data.get("result") is not None:
+            self.absorb_result(data["result"])
 
     def absorb_result(self, result: Any) -> None:
-        """Fill in from a TurnResult (used after `resume`, which returns a result, not events)."""
+        """Fill in from the TurnResult of the `done` event: the source of truth for the turn."""
         r = result.model_dump() if hasattr(result, "model_dump") else dict(result or {})
         self.answer = r.get("answer") or self.answer
         for image in r.get("images") or []:
@@ -254,35 +256,29 @@ class TurnView:
         self.consent = r.get("consent")
         self.refusal = r.get("refused") or self.refusal
         self.error = r.get("error") or self.error
-        self._result_calls = r.get("tool_calls") or []
 
-    async def show_result_steps(self) -> None:
-        for call in getattr(self, "_result_calls", []):
-            step = cl.Step(name=call.get("name") or "tool", type="tool", show_input="json")
-            step.input = render.tool_input(call.get("args") or {})
-            step.output = render.tool_output(call.get("result"))
-            await step.send()
+    def closing_text(self, has_images: bool) -> str:
+        """The closing message's text: the agent's answer, or the refusal / error explained."""
+        if self.error and self.error.get("code") == "cancelled":
+            return TEXTS["stopped"]
+        lines = [self.answer] if self.answer else []
+        if self.refusal and not self.answer:
+            reason = self.refusal.get("reason") or "that request is against the safety policy"
+            lines.append(TEXTS["refused"].format(reason=reason))
+        if self.error:
+            lines.append(TEXTS["error"].format(message=self.error.get("message") or "unknown error"))
+        if not lines:
+            lines.append("Here it is." if has_images else "Done.")
+        return "\n\n".join(lines)
 
     async def finish(self) -> None:
-        """The closing message: answer text with the images inline, or the refusal / error."""
-        if self.refusal and not self.images:
-            reason = self.refusal.get("reason") or "that request is against the safety policy"
-            await cl.Message(content=TEXTS["refused"].format(reason=reason), author="Atelier").send()
-            return
-        if self.error and not self.images:
-            if self.error.get("code") == "cancelled":
-                await cl.Message(content=TEXTS["stopped"], author="Atelier").send()
-            else:
-                message = self.error.get("message") or "unknown error"
-                await cl.Message(content=TEXTS["error"].format(message=message), author="Atelier").send()
-            return
+        """The closing message: the text with the turn's images inline and the version actions."""
         elements = [
             cl.Image(path=img["path"], name=img.get("ref") or Path(img["path"]).stem, display="inline", size="large")
             for img in self.images
             if img.get("path") and Path(img["path"]).is_file()
         ]
-        text = self.answer or ("Here it is." if elements else "Done.")
-        await cl.Message(content=text, elements=elements, author="Atelier",
+        await cl.Message(content=self.closing_text(bool(elements)), elements=elements, author="Atelier",
                          actions=_version_actions(self.current) if elements else []).send()
 
 
@@ -316,13 +312,8 @@ async def _run_turn(session, text: str, images: list[str]) -> None:
             await cl.Message(content=TEXTS["consent_timeout"], author="Atelier").send()
             return
         view.consent = None
-        if hasattr(session, "astream_resume"):
-            async for event in session.astream_resume(approved):
-                await view.handle(event.kind, dict(event.data or {}))
-        else:
-            result = await asyncio.to_thread(session.resume, approved)
-            view.absorb_result(result)
-            await view.show_result_steps()
+        async for event in session.astream_resume(approved):
+            await view.handle(event.kind, dict(event.data or {}))
     await view.finish()
 
 
