@@ -169,6 +169,10 @@ def _consent_replies() -> dict[str, set[str]]:
     return {k: {w.lower() for w in v} for k, v in raw.items()}
 
 
+def _background_tasks() -> dict[str, Any]:
+    return yaml.safe_load((resources.files("configs") / "api" / "background_tasks.yaml").read_text())
+
+
 def consent_answer(text: str, replies: dict[str, set[str]]) -> bool | None:
     """True/False when `text` reads as a yes/no answer to a consent question, else None."""
     words = text.strip().lower().strip(" .!?").replace(",", " ")
@@ -194,6 +198,7 @@ class ChatAdapter:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._guard = threading.Lock()
         self._replies = _consent_replies()
+        self._tasks = _background_tasks()
 
     # users and threads
     def user_for(self, request: Request) -> str:
@@ -323,15 +328,29 @@ class ChatAdapter:
         return "\n\n".join(parts)
 
     # turns
-    async def prepare(self, body: ChatCompletionRequest, request: Request):
+    def check_model(self, body: ChatCompletionRequest) -> None:
         if body.model not in (self.model_id, self.atelier.profile.name):
             raise ApiError(404, f"model {body.model!r} does not exist; this server serves {self.model_id!r}",
                            type="not_found_error", code="model_not_found", param="model")
+
+    async def prepare(self, body: ChatCompletionRequest, request: Request):
+        self.check_model(body)
         user_id = self.user_for(request)
         thread_id = self.thread_for(body, user_id, request.headers.get("x-atelier-thread"))
         text, images = await self.last_user_turn(body)
         session, lock = self.session(thread_id, user_id)
         return session, lock, text, images
+
+    def background_task_reply(self, body: ChatCompletionRequest) -> str | None:
+        """The canned reply to a chat app's own background request (titles, tags...), else None."""
+        users = [m for m in body.messages if m.role == "user"]
+        if not users:
+            return None
+        content = users[-1].content
+        text = content if isinstance(content, str) else " ".join(p.text or "" for p in content or [])
+        if any(text.lstrip().startswith(prefix) for prefix in self._tasks["prefixes"]):
+            return str(self._tasks["reply"])
+        return None
 
     def consent_reply(self, session, text: str, images: list[bytes]) -> bool | None:
         if images or not getattr(session, "pending_consent", None):
@@ -381,13 +400,28 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def _canned(cid: str, created: int, model: str, text: str, stream: bool) -> Response:
+    if stream:
+        chunks = [_chunk(cid, created, model, {"role": "assistant", "content": text}),
+                  _chunk(cid, created, model, {}, "stop"), "data: [DONE]\n\n"]
+        return StreamingResponse(iter(chunks), media_type="text/event-stream")
+    return JSONResponse({
+        "id": cid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    })
+
+
 def _finish_reason(result) -> str:
     return "content_filter" if getattr(result, "refused", None) else "stop"
 
 
-def _result_extra(result) -> dict[str, Any]:
-    """Atelier's own fields next to OpenAI's (clients that know them get refs and tool calls)."""
-    return {"thread_id": result.thread_id, "images": result.images, "tool_calls": result.tool_calls,
+def _result_extra(adapter: ChatAdapter, result, base: str) -> dict[str, Any]:
+    """Atelier's own fields next to OpenAI's (clients that know them get refs and tool calls).
+    Images get their URL instead of the server's file path."""
+    images = [{"ref": i["ref"], "width": i["width"], "height": i["height"], "url": adapter.file_url(i["ref"], base)}
+              for i in result.images]
+    return {"thread_id": result.thread_id, "images": images, "tool_calls": result.tool_calls,
             "consent": result.consent, "refused": result.refused, "error": result.error}
 
 
@@ -452,10 +486,15 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        session, lock, text, images = await adapter.prepare(body, request)
-        base = str(request.base_url)
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+        canned = adapter.background_task_reply(body)
+        if canned is not None:
+            adapter.check_model(body)
+            adapter.user_for(request)
+            return _canned(cid, created, adapter.model_id, canned, body.stream)
+        session, lock, text, images = await adapter.prepare(body, request)
+        base = str(request.base_url)
         if not body.stream:
             result = await adapter.complete(session, lock, text, images)
             content = adapter.render(result, base)
@@ -464,7 +503,7 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": _finish_reason(result)}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "atelier": _result_extra(result),
+                "atelier": _result_extra(adapter, result, base),
             }
         return await _stream(adapter, session, lock, text, images, base, cid, created, request)
 

@@ -114,7 +114,8 @@ def test_completion_answers_with_an_image_link_that_serves_a_png(local):
     assert Image.open(io.BytesIO(got.content)).size == (version.width, version.height)
     assert version.origin == "generated"
     extra = resp.model_extra["atelier"]
-    assert extra["images"][0]["ref"] == ref
+    assert extra["images"][0]["ref"] == ref and extra["images"][0]["url"] == links[0]
+    assert "path" not in extra["images"][0]  # no server file paths leave the server
     assert extra["tool_calls"][0]["name"] == "generate_image"
 
 
@@ -243,3 +244,14 @@ def test_image_links_are_signed_when_keys_are_configured(keyed):
     assert httpx.get(unsigned).status_code == 401
     assert httpx.get(unsigned, headers={"Authorization": f"Bearer {KEY_ALICE}"}).status_code == 200
     assert httpx.get(unsigned + "?sig=" + "0" * 32).status_code == 401
+
+
+def test_chat_app_background_tasks_do_not_run_turns(keyed):
+    """Open WebUI's title/tag prompts get an empty JSON answer: no image, no rate-limit hit."""
+    client = _client(keyed, KEY_ALICE)
+    before = len(keyed.atelier.store.all_versions())
+    task = "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n<chat_history>..."
+    for _ in range(3):  # more than alice's 2/minute: none of them counts
+        resp = client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": task}])
+        assert resp.choices[0].message.content == "{}"
+    assert len(keyed.atelier.store.all_versions()) == before
