@@ -167,6 +167,7 @@ def test_prepare_environment_points_chainlit_at_the_data_root(tmp_path, monkeypa
     assert os.environ["CHAINLIT_PORT"] == "8123" and os.environ["ATELIER_PROFILE"] == "tiny"
     assert os.environ["ATELIER_UI_OVERRIDES"] == '{"engine": {"steps": 3}}'
     assert os.environ["CHAINLIT_AUTH_SECRET"] == (root / ".auth_secret").read_text()
+    assert "Slash commands" in (root / "chainlit.md").read_text()  # the UI's Readme panel
 
 
 def test_ui_command_is_registered_with_profile_host_and_port():

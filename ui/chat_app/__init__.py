@@ -58,6 +58,10 @@ def prepare_environment(
     os.environ["CHAINLIT_HOST"] = host
     os.environ["CHAINLIT_PORT"] = str(port)
     os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(root)
+    from importlib import resources
+
+    readme = (resources.files("ui.chat_app") / "readme.md").read_text(encoding="utf-8")
+    (root / "chainlit.md").write_text(readme, encoding="utf-8")  # the UI's "Readme" panel
     return root
 
 

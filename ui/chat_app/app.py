@@ -111,27 +111,35 @@ def _thread_id() -> str:
     return cl.context.session.thread_id
 
 
+_SESSIONS: dict[str, tuple[str, Any]] = {}  # thread id -> (overrides key, agent session)
+
+
 def current_session():
-    """The agent session of this chat, rebuilt when the chat settings change."""
+    """The agent session of this chat (one per thread, shared by reconnects so that stop reaches
+    a running turn), rebuilt when the chat settings change."""
     overrides = cl.user_session.get("overrides") or {}
     key = json.dumps(overrides, sort_keys=True)
-    session = cl.user_session.get("agent_session")
-    if session is None or cl.user_session.get("agent_session_key") != key:
-        session = studio(overrides).session(_thread_id(), user_id=_user_id())
-        cl.user_session.set("agent_session", session)
-        cl.user_session.set("agent_session_key", key)
-    return session
+    thread_id = _thread_id()
+    known = _SESSIONS.get(thread_id)
+    if known is None or known[0] != key:
+        known = (key, studio(overrides).session(thread_id, user_id=_user_id()))
+        _SESSIONS[thread_id] = known
+    return known[1]
 
 
-def chat_settings() -> cl.ChatSettings:
+def chat_settings(values: dict[str, Any] | None = None) -> cl.ChatSettings:
+    values = values or {}
     return cl.ChatSettings([
-        Slider(id=render.SETTING_STEPS, label="Steps (quality)", initial=PROFILE.engine.steps,
+        Slider(id=render.SETTING_STEPS, label="Steps (quality)",
+               initial=values.get(render.SETTING_STEPS, PROFILE.engine.steps),
                min=1, max=max(50, PROFILE.engine.steps), step=1,
                description="Denoising steps: more is slower and finer"),
-        NumberInput(id=render.SETTING_SEED, label="Seed", initial=PROFILE.engine.seed_base,
+        NumberInput(id=render.SETTING_SEED, label="Seed",
+                    initial=values.get(render.SETTING_SEED, PROFILE.engine.seed_base),
                     description="Same seed and request, same image"),
         Slider(id=render.SETTING_IDENTITY, label="Identity threshold (max face distance)",
-               initial=PROFILE.identity.max_distance, min=0.3, max=0.8, step=0.05,
+               initial=values.get(render.SETTING_IDENTITY, PROFILE.identity.max_distance),
+               min=0.3, max=0.8, step=0.05,
                description="Lower is stricter: an edited face must stay closer to the original"),
     ])
 
@@ -155,16 +163,13 @@ async def on_chat_start():
 
 @cl.on_chat_resume
 async def on_chat_resume(thread):
-    # the thread's messages, steps and images are shown by Chainlit from the data layer;
-    # the agent's own history (versions, current image) lives in its checkpointer.
-    settings = (thread.get("metadata") or {}) if isinstance(thread, dict) else {}
-    if isinstance(settings, str):
-        try:
-            settings = json.loads(settings)
-        except json.JSONDecodeError:
-            settings = {}
-    cl.user_session.set("overrides", settings.get("atelier_overrides") or {})
-    await chat_settings().send()
+    # Chainlit shows the thread's messages, steps and images from the data layer and restores
+    # this user session (the chat settings and "overrides") from the thread's metadata; the
+    # agent's own state (versions, current image) is in its checkpointer under the thread id.
+    values = cl.user_session.get("chat_settings") or {}
+    if not isinstance(cl.user_session.get("overrides"), dict):
+        cl.user_session.set("overrides", {})
+    await chat_settings(values if isinstance(values, dict) else {}).send()
 
 
 @cl.on_settings_update
@@ -179,10 +184,10 @@ async def on_settings_update(values: dict[str, Any]):
 
 @cl.on_stop
 async def on_stop():
-    session = cl.user_session.get("agent_session")
-    if session is not None:
+    known = _SESSIONS.get(_thread_id())
+    if known is not None:
         try:
-            session.cancel()
+            known[1].cancel()
         except Exception:  # noqa: BLE001 - stopping must never fail loudly
             log.exception("cancel failed")
 
