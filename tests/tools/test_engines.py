@@ -1,0 +1,134 @@
+"""Tiny random-weight engines of both Qwen-Image families: sizes, edits, progress, caching, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools.engines import get_engine, native_sizes, snap_dimensions
+from tools.engines.base import QWEN_IMAGE_SIZES, ratio_of
+from tools.errors import CancelledError, ModelUnavailableError
+from tools.settings import EngineSettings
+
+FAMILIES = ["qwen-image", "qwen-image-2.1"]
+
+
+def tiny(family: str, **kw) -> EngineSettings:
+    return EngineSettings(family=family, source="random", steps=2, edit_condition_area=1024,
+                          edit_vae_area=4096, **kw)
+
+
+def noise(width: int, height: int, seed: int) -> Image.Image:
+    arr = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("aspect", ["1:1", "16:9", "3:4"])
+def test_generate_draws_the_native_size_of_each_aspect_ratio(family, aspect):
+    engine = get_engine(tiny(family))
+    width, height = engine.native_size(aspect)
+    assert width % engine.multiple == 0 and height % engine.multiple == 0
+    if aspect != "1:1":
+        assert (width > height) == (ratio_of(aspect) > 1)
+    images = engine.generate("a lighthouse at dusk", width=width, height=height, seed=7)
+    assert [im.size for im in images] == [(width, height)]
+    assert images[0].mode == "RGB"
+
+
+def test_full_size_defaults_are_the_model_card_sizes():
+    assert native_sizes(EngineSettings(family="qwen-image", source="hub"))["16:9"] == (1664, 928)
+    assert native_sizes(EngineSettings(family="qwen-image", source="hub")) == QWEN_IMAGE_SIZES
+    sizes_21 = native_sizes(EngineSettings(family="qwen-image-2.1", source="hub"))
+    assert sizes_21["1:1"] == (1024, 1024)
+    assert all(w % 32 == 0 and h % 32 == 0 for w, h in sizes_21.values())
+    custom = native_sizes(EngineSettings(sizes={"1:1": (70, 70)}))  # snapped to what the model keeps
+    assert custom == {"1:1": (64, 64)}
+
+
+def test_seeds_make_generation_reproducible_and_count_gives_distinct_images():
+    engine = get_engine(tiny("qwen-image"))
+    a = engine.generate("a red cube", width=64, height=64, seed=11, count=2)
+    b = engine.generate("a red cube", width=64, height=64, seed=11, count=1)
+    assert len(a) == 2
+    np.testing.assert_allclose(np.asarray(a[0], float), np.asarray(b[0], float), atol=2)
+    assert np.abs(np.asarray(a[0], float) - np.asarray(a[1], float)).mean() > 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_edit_with_two_reference_images(family):
+    engine = get_engine(tiny(family))
+    source, ref1, ref2 = noise(96, 64, 1), noise(48, 48, 2), noise(64, 32, 3)
+    out = engine.edit("put the two of them on a beach", [source, ref1, ref2], seed=3)
+    assert out.size == engine.edit_size(96, 64)
+    out2 = engine.edit("a sunset", [source], seed=3, width=64, height=32)
+    assert out2.size == (64, 32)
+
+
+def test_edit_resize_targets_follow_the_profile():
+    settings = tiny("qwen-image")
+    engine = get_engine(settings)
+    pipe = engine.edit_pipeline()
+    assert (pipe.condition_image_area, pipe.vae_image_area) == (1024, 4096)
+    seen = []
+    original_resize, original_pre = pipe.image_processor.resize, pipe.image_processor.preprocess
+
+    def resize(img, height, width, *a, **k):
+        seen.append(("vl", width, height))
+        return original_resize(img, height, width, *a, **k)
+
+    def preprocess(img, height=None, width=None, *a, **k):
+        seen.append(("vae", width, height))
+        return original_pre(img, height, width, *a, **k)
+
+    pipe.image_processor.resize, pipe.image_processor.preprocess = resize, preprocess
+    try:
+        engine.edit("make it blue", [noise(64, 64, 4)], seed=0)
+    finally:
+        pipe.image_processor.resize, pipe.image_processor.preprocess = original_resize, original_pre
+    assert ("vl", 32, 32) in seen  # 1024 px area, not diffusers' 384x384
+    assert ("vae", 64, 64) in seen  # 4096 px area, not 1024x1024
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
+
+    assert module.VAE_IMAGE_SIZE == 1024 * 1024  # the library's own module is untouched
+
+
+def test_progress_reports_every_step_and_cancel_stops_the_run():
+    engine = get_engine(tiny("qwen-image"))
+    steps = []
+    engine.generate("a boat", width=64, height=64, seed=0, steps=3, progress=lambda i, n: steps.append((i, n)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+    calls = []
+
+    def cancel(i, n):
+        calls.append(i)
+        raise CancelledError("stopped by the user")
+
+    with pytest.raises(CancelledError):
+        engine.generate("a boat", width=64, height=64, seed=0, steps=3, progress=cancel)
+    assert calls == [1]
+
+
+def test_engines_are_cached_per_settings():
+    a = get_engine(tiny("qwen-image"))
+    assert get_engine(tiny("qwen-image")) is a
+    assert get_engine(tiny("qwen-image", seed_base=1)) is not a
+
+
+def test_missing_checkpoint_is_a_clear_model_unavailable_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = EngineSettings(family="qwen-image-2.1", source="hub", generate_model=str(tmp_path / "no-such-model"))
+    engine = get_engine(settings, profile="qwen-image-2.1")
+    with pytest.raises(ModelUnavailableError) as err:
+        engine.generate("x", width=64, height=64, seed=0)
+    message = str(err.value)
+    assert "qwen-image-2.1" in message and "no-such-model" in message and "\n" not in message
+
+
+def test_snap_dimensions_keeps_area_ratio_and_multiple():
+    w, h = snap_dimensions(1024 * 1024, 16 / 9, 32)
+    assert (w % 32, h % 32) == (0, 0)
+    assert abs(w * h - 1024 * 1024) / (1024 * 1024) < 0.05
+    assert abs(w / h - 16 / 9) < 0.05

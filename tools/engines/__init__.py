@@ -1,0 +1,43 @@
+"""Image engines: `get_engine(settings)` returns the process-wide engine for those settings."""
+
+from __future__ import annotations
+
+import threading
+
+from tools.engines.base import (
+    FAMILY_MULTIPLE,
+    QWEN_IMAGE_SIZES,
+    ImageEngine,
+    Progress,
+    native_sizes,
+    snap_dimensions,
+)
+from tools.settings import EngineSettings
+
+_ENGINES: dict[str, ImageEngine] = {}
+_LOCK = threading.Lock()
+
+
+def get_engine(settings: EngineSettings, *, profile: str | None = None) -> ImageEngine:
+    """The engine for `settings`, built once per process (same settings -> same engine)."""
+    key = settings.model_dump_json()
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            from tools.engines.qwen import DiffusersQwenEngine
+
+            engine = DiffusersQwenEngine(settings, profile=profile)
+            _ENGINES[key] = engine
+        return engine
+
+
+def clear_engines() -> None:
+    """Drop every cached engine (frees their memory once nothing else holds them)."""
+    with _LOCK:
+        _ENGINES.clear()
+
+
+__all__ = [
+    "FAMILY_MULTIPLE", "QWEN_IMAGE_SIZES", "ImageEngine", "Progress", "get_engine", "clear_engines",
+    "native_sizes", "snap_dimensions",
+]
