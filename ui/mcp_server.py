@@ -28,7 +28,7 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.tools import Tool
 from mcp.server.fastmcp.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tools.errors import AtelierError, BadImageError
 from tools.schemas import REF_PATTERN, tool_json_schemas
@@ -63,6 +63,10 @@ def _tool(name: str, description: str, parameters: dict[str, Any], fn, annotatio
         parameters=parameters, fn_metadata=FuncMetadata(arg_model=_arg_model(name, list(parameters["properties"]))),
         is_async=True, context_kwarg="ctx", annotations=annotations,
     )
+
+
+class ConsentAnswer(BaseModel):
+    approve: bool = Field(description="The people shown agreed to this edit of their face")
 
 
 class VerifyArgs(BaseModel):
@@ -160,19 +164,40 @@ class AtelierMCP:
             session = self.session_for(ctx)
             try:
                 result = await anyio.to_thread.run_sync(session.call_tool, name, args)
+                return await self._render(result, ctx, session)
             except AtelierError as err:
                 return _error(str(err))
-            return await self._render(result, ctx)
 
         run.__name__ = name
         return run
 
-    async def _render(self, result, ctx: Context | None):
+    async def _ask_consent(self, session, result, ctx: Context | None):
+        """A face-changing edit of a real person waits for consent: ask through MCP elicitation
+        and resume the turn with the answer. A client that cannot ask declines."""
+        question = result.consent.get("question") or "This edit changes a real person's face. Do you have their consent?"
+        approved, asked = False, False
+        if ctx is not None:
+            try:
+                answer = await ctx.elicit(question, ConsentAnswer)
+                asked = True
+                approved = answer.action == "accept" and bool(getattr(answer.data, "approve", False))
+            except Exception:  # noqa: BLE001 - the client has no elicitation support
+                asked = False
+        resumed = await anyio.to_thread.run_sync(session.resume, approved)
+        if not asked:
+            return None, _error(f"{question} This MCP client cannot ask for consent, so the edit was not made; "
+                                "make it in the Atelier chat instead.")
+        if not approved:
+            return None, _error("The edit was not made: consent was not given.")
+        return resumed, None
+
+    async def _render(self, result, ctx: Context | None, session=None):
+        if result.consent and session is not None:
+            result, failure = await self._ask_consent(session, result, ctx)
+            if failure is not None:
+                return failure
         if result.consent:
-            return _error(
-                f"{result.consent.get('question') or 'This edit needs consent.'} "
-                "This MCP surface cannot ask for consent; make the edit in the Atelier chat instead."
-            )
+            return _error(f"{result.consent.get('question') or 'This edit needs consent.'}")
         if result.refused:
             return _error(f"Refused ({result.refused.get('category', 'policy')}): {result.refused.get('reason', '')}")
         if result.error:

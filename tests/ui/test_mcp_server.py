@@ -92,3 +92,74 @@ async def test_stdio_upload_then_adjust(server_params):
 
         corrupt = await client.call_tool("upload_image", {"data": "@@not base64@@"})
         assert corrupt.isError and "base64" in corrupt.content[0].text
+
+
+# -- consent through MCP elicitation ----------------------------------------------------------
+# The stdio tests above run the real agent. Whether a call needs consent is the safety screen's
+# decision (faces in uploaded photos), so this adapter test stands in a session whose call is
+# waiting for consent, and checks what the MCP server does with the client's answer.
+
+
+class _WaitingSession:
+    def __init__(self, thread_id, png_path):
+        self.thread_id, self.png_path, self.resumed = thread_id, png_path, []
+
+    def call_tool(self, name, args):
+        from agent.session import TurnResult
+
+        return TurnResult(thread_id=self.thread_id, consent={
+            "question": "This edit changes the face of a person in your photo. Do you have their consent?",
+            "people": ["person_1"], "call": {"name": name, "args": args}})
+
+    def resume(self, approved):
+        from agent.session import TurnResult
+
+        self.resumed.append(approved)
+        if not approved:
+            return TurnResult(thread_id=self.thread_id, answer="Not edited.")
+        return TurnResult(thread_id=self.thread_id, answer="Edited.", images=[
+            {"ref": "img_0123456789ab", "path": str(self.png_path), "width": 16, "height": 16}])
+
+
+class _WaitingAtelier:
+    def __init__(self, png_path):
+        self.png_path, self.sessions = png_path, []
+
+    def session(self, thread_id, user_id="local"):
+        self.sessions.append(_WaitingSession(thread_id, self.png_path))
+        return self.sessions[-1]
+
+
+@pytest.mark.parametrize("answer", ["approve", "decline", "no-elicitation"])
+async def test_consent_is_asked_through_elicitation(tmp_path, answer):
+    from mcp import types
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from ui.mcp_server import build_server
+
+    png = tmp_path / "out.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(png)
+    atelier = _WaitingAtelier(png)
+    asked = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        if answer == "approve":
+            return types.ElicitResult(action="accept", content={"approve": True})
+        return types.ElicitResult(action="decline")
+
+    callback = None if answer == "no-elicitation" else elicit
+    async with create_connected_server_and_client_session(build_server(atelier), elicitation_callback=callback) as client:
+        result = await client.call_tool("edit_image", {"image": "img_0123456789ab", "instruction": "add glasses"})
+
+    session = atelier.sessions[0]
+    if answer == "approve":
+        assert asked and "consent" in asked[0]
+        assert session.resumed == [True]
+        assert not result.isError
+        assert [c.type for c in result.content] == ["image", "text"]
+    else:
+        assert session.resumed == [False]  # the waiting turn is closed, not left hanging
+        assert result.isError
+        assert "not made" in result.content[0].text
+        assert bool(asked) == (answer == "decline")
