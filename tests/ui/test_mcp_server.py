@@ -94,6 +94,47 @@ async def test_stdio_upload_then_adjust(server_params):
         assert corrupt.isError and "base64" in corrupt.content[0].text
 
 
+async def test_streamable_http_generate_and_verify(tmp_path):
+    import socket
+    import subprocess
+
+    import anyio
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "ATELIER_PROFILE"}
+    env["ATELIER_HOME"] = str(tmp_path / "atelier")
+    log = open(tmp_path / "mcp.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "mcp", "--profile", "tiny", "--transport", "http",
+         "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):  # wait for the port
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "mcp.log").read_text())
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            await anyio.sleep(0.1)
+        async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write, _), \
+                ClientSession(read, write) as client:
+            await client.initialize()
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"generate_image", "verify"} <= names
+            made = await client.call_tool("generate_image", {"prompt": "a lighthouse", "aspect_ratio": "9:16"})
+            assert not made.isError, made.content
+            ref = _text(made)["images"][0]["ref"]
+            assert [c.type for c in made.content] == ["image", "text"]
+            report = _text(await client.call_tool("verify", {"image": ref}))
+            assert report["watermark"]["detected"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
 # -- consent through MCP elicitation ----------------------------------------------------------
 # The stdio tests above run the real agent. Whether a call needs consent is the safety screen's
 # decision (faces in uploaded photos), so this adapter test stands in a session whose call is
