@@ -21,6 +21,7 @@ import json
 import logging
 import operator
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import cache
 from importlib import resources
@@ -113,6 +114,8 @@ class Services:
     sealer: Any  # tools.provenance.Sealer
     audit: Any  # tools.safety.AuditLog
     tools: list[dict[str, Any]] = field(default_factory=tool_json_schemas)
+    # screen_tool_call(screener, name, args, *, store, consented) -> Decision; None: tools.safety's
+    screen_call: Callable[..., Any] | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -310,10 +313,12 @@ def build_graph(services: Services, checkpointer=None):
         except ToolArgumentError as err:
             _audit(services, runtime, "tool_call", call=call, decision=None, error=str(err))
             return {**base, **_failed(state, call, str(err), err.code)}
-        from tools.safety import screen_tool_call
+        if services.screen_call is None:
+            from tools.safety import screen_tool_call
 
-        decision = screen_tool_call(services.prompt_screener, call["name"], args, store=store,
-                                    consented=list(state.get("consented") or []))
+            services.screen_call = screen_tool_call
+        decision = services.screen_call(services.prompt_screener, call["name"], args, store=store,
+                                        consented=list(state.get("consented") or []))
         _audit(services, runtime, "tool_call", call=call, decision=_dump(decision))
         if decision.decision == "refuse":
             refused = {"category": decision.category, "reason": decision.reason}
@@ -484,5 +489,5 @@ def build_graph(services: Services, checkpointer=None):
 def _source_type(tool: str, edited: bool) -> str:
     """IPTC digital source type of a result (C2PA `digitalSourceType`)."""
     if tool == "adjust_image":
-        return "algorithmicallyEnhanced"  # exact photo adjustments, no generative model
+        return "algorithmicMedia"  # exact photo adjustments of a generated image, no generative model
     return "compositeWithTrainedAlgorithmicMedia" if edited else "trainedAlgorithmicMedia"

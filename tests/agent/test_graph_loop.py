@@ -1,0 +1,115 @@
+"""The turn loop with a scripted planner: images made, stored and sealed as versions; tool errors
+and malformed calls go back to the model."""
+
+from __future__ import annotations
+
+from agent.planners.base import PlannerReply, ToolCall
+from agent.planners.scripted import ScriptedModel
+from agent_helpers import call, last_tool_message
+
+
+def test_generate_stores_a_sealed_version_and_the_model_sees_the_result(make_app):
+    planner = ScriptedModel([call("generate_image", prompt="a lighthouse at dusk", aspect_ratio="9:16"),
+                             "Here is your lighthouse."])
+    app = make_app(planner)
+    session = app.session("t-gen")
+    events = list(session.stream("make me a phone wallpaper of a lighthouse at dusk"))
+    kinds = [e.kind for e in events]
+    result = events[-1].data["result"]
+
+    assert kinds[-1] == "done" and "progress" in kinds and "image" in kinds
+    assert kinds.index("tool_start") < kinds.index("progress") < kinds.index("tool_end")
+    assert result.answer == "Here is your lighthouse."
+    assert [c["name"] for c in result.tool_calls] == ["generate_image"]
+    assert len(result.images) == 1
+    image = result.images[0]
+    assert image["height"] > image["width"]  # 9:16
+    version = app.store.get(image["ref"])
+    assert version.origin == "generated" and version.parent is None
+    assert version.tool_call["name"] == "generate_image"
+    assert version.metadata.get("watermark_id")
+    assert session.current == image["ref"]
+    assert [v.ref for v in session.history()] == [image["ref"]]
+    # the planner's second call read the tool result with the new ref
+    assert image["ref"] in last_tool_message(planner.calls[1])["content"]
+    # the stored bytes are the sealed file (C2PA + watermark), not the raw render
+    from tools.provenance import verify_bytes
+
+    report = verify_bytes(app.store.read_bytes(image["ref"]))
+    assert report["watermark"]["detected"]
+
+
+def test_follow_up_edits_the_current_image_with_a_parent_link(make_app):
+    planner = ScriptedModel(lambda msgs: _edit_current(msgs))
+    app = make_app(planner)
+    session = app.session("t-follow")
+    first = session.send("/generate a red barn")
+    ref = first.images[0]["ref"]
+    second = session.send("make it warmer")
+    assert second.tool_calls[0]["name"] == "adjust_image"
+    assert second.tool_calls[0]["args"]["image"] == ref
+    new = app.store.get(second.images[0]["ref"])
+    assert new.parent == ref and new.origin == "edited"
+    assert session.current == new.ref
+
+
+def _edit_current(messages):
+    last = messages[-1]
+    if last["role"] == "tool":
+        return PlannerReply(text="Warmer now.")
+    current = next(line.split()[1] for line in last["content"].splitlines() if "(current)" in line)
+    return PlannerReply(tool_calls=[ToolCall("adjust_image", {"image": current, "white_balance_k": 4000})])
+
+
+def test_tool_errors_come_back_to_the_model_as_tool_messages(make_app):
+    planner = ScriptedModel([
+        call("edit_image", image="img_0123456789ab", instruction="add a hat"),  # unknown ref
+        call("generate_image", prompt="a fox", aspect_ratio="5:4"),  # not an allowed aspect ratio
+        call("generate_image", prompt="a fox"),
+        "Done after two mistakes.",
+    ])
+    app = make_app(planner)
+    result = app.session("t-errors").send("a fox please")
+
+    assert result.answer == "Done after two mistakes."
+    assert [c["result"]["ok"] for c in result.tool_calls] == [False, False, True]
+    unknown = last_tool_message(planner.calls[1])
+    assert unknown["content"].startswith("ERROR:") and "img_0123456789ab" in unknown["content"]
+    bad_args = last_tool_message(planner.calls[2])
+    assert bad_args["content"].startswith("ERROR:") and "aspect_ratio" in bad_args["content"]
+    assert len(result.images) == 1
+    assert result.error is None
+
+
+def test_a_malformed_call_is_returned_once_for_repair(make_app):
+    broken = PlannerReply(raw='<tool_call>{"name": "generate_image", "arguments": {prompt: </tool_call>',
+                          malformed=['{"name": "generate_image", "arguments": {prompt: '])
+    planner = ScriptedModel([broken, call("generate_image", prompt="a kite"), "There you go."])
+    app = make_app(planner)
+    result = app.session("t-repair").send("draw a kite")
+
+    assert result.answer == "There you go." and len(result.images) == 1
+    repair = planner.calls[1][-1]
+    assert repair["role"] == "user" and "could not read" in repair["content"]
+    assert "arguments" in repair["content"]  # the unreadable part is quoted back
+
+
+def test_a_second_malformed_reply_ends_the_turn_politely(make_app):
+    broken = PlannerReply(raw="<tool_call>{{{</tool_call>", malformed=["{{{"])
+    planner = ScriptedModel([broken, broken, call("generate_image", prompt="never reached")])
+    app = make_app(planner)
+    result = app.session("t-repair2").send("draw something")
+
+    assert len(planner.calls) == 2
+    assert result.tool_calls == [] and result.images == []
+    assert "rephrase" in result.answer
+
+
+def test_a_planner_failure_is_an_error_in_the_result_not_an_exception(make_app):
+    def boom(messages):
+        raise ConnectionError("server went away")
+
+    app = make_app(boom)
+    result = app.session("t-boom").send("hello")
+    assert result.error["code"] == "planner_error"
+    assert "server went away" in result.answer

@@ -1,0 +1,115 @@
+"""Sessions: they survive a restart, undo and branch through the image tree, rate limits and bad
+uploads fail before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+from agent_helpers import call
+
+from agent.planners.base import PlannerReply, ToolCall
+from agent.planners.scripted import ScriptedModel
+from tools.errors import BadImageError, RateLimitedError, UnknownRefError
+
+
+def test_a_session_survives_a_restart(make_app, tmp_path):
+    first_app = make_app(ScriptedModel([call("generate_image", prompt="a blue boat"), "A boat."]))
+    made = first_app.session("t-restart", user_id="ana").send("a blue boat")
+    ref = made.images[0]["ref"]
+    first_app.close()
+
+    planner = ScriptedModel(["We have a boat and a brighter boat."])  # a fresh app, same data root
+    second_app = make_app(planner)
+    session = second_app.session("t-restart", user_id="ana")
+    assert session.current == ref
+    assert [v.ref for v in session.history()] == [ref]
+    assert [m["role"] for m in session.messages()][:2] == ["user", "assistant"]
+
+    follow = session.send("/adjust exposure=+1")
+    assert second_app.store.get(follow.images[0]["ref"]).parent == ref
+    # the restarted planner sees the earlier conversation and the image list
+    session.send("what do we have?")
+    seen = planner.calls[-1]
+    assert any("a blue boat" in (m.get("content") or "") for m in seen)
+    assert ref in seen[-1]["content"]
+
+
+def test_threads_are_separate(make_app):
+    app = make_app()
+    a = app.session("t-a").send("/generate a cat")
+    assert app.session("t-b").current is None
+    assert app.session("t-b").history() == []
+    assert app.session("t-a").current == a.images[0]["ref"]
+
+
+def test_undo_and_branch_make_a_tree(make_app):
+    app = make_app()
+    session = app.session("t-tree")
+    root = session.send("/generate a mountain lake").images[0]["ref"]
+    brighter = session.send("/adjust exposure=+1").images[0]["ref"]
+    assert session.current == brighter
+
+    undone = session.send("/undo")
+    assert undone.images == [] and session.current == root
+    assert undone.tool_calls[0]["name"] == "revert"
+
+    warmer = session.send("/adjust white_balance_k=3500").images[0]["ref"]  # a branch from the root
+    children = {v.ref for v in app.store.children(root, session="t-tree")}
+    assert children == {brighter, warmer}
+
+    session.send(f"/branch {brighter}")
+    assert session.current == brighter
+    deeper = session.send("/adjust contrast=1.3").images[0]["ref"]
+    assert [v.ref for v in app.store.lineage(deeper)] == [root, brighter, deeper]
+
+
+def test_go_back_to_the_second_one_through_the_planner(make_app):
+    def planner(messages):
+        last = messages[-1]
+        if last["role"] == "tool":
+            return PlannerReply(text="Back to it.")
+        lines = [line for line in last["content"].splitlines() if line.startswith("#")]
+        second = lines[1].split()[1]
+        return PlannerReply(tool_calls=[ToolCall("revert", {"image": second})])
+
+    app = make_app(planner)
+    session = app.session("t-back")
+    refs = [session.send(f"/generate {what}").images[0]["ref"] for what in ("a pear", "an apple", "a plum")]
+    result = session.send("go back to the second one")
+    assert session.current == refs[1]
+    assert result.tool_calls[0]["result"]["current"] == refs[1]
+
+
+def test_undo_with_nothing_to_undo_is_a_clear_error(make_app):
+    from tools.errors import ToolArgumentError
+
+    session = make_app().session("t-undo0")
+    with pytest.raises(ToolArgumentError, match="no current image"):
+        session.send("/undo")
+    session.send("/generate a pebble")
+    with pytest.raises(ToolArgumentError, match="nothing to undo"):
+        session.send("/undo")
+
+
+def test_rate_limit_raises_before_anything_runs(make_app):
+    planner = ScriptedModel()
+    app = make_app(planner, limits={"per_user": "2/minute"})
+    session = app.session("t-rate", user_id="eve")
+    session.send("/generate a bee")
+    session.send("/adjust exposure=-0.5")
+    with pytest.raises(RateLimitedError) as err:
+        session.send("a third request")
+    assert err.value.retry_after > 0
+    assert planner.calls == []  # the limited turn never reached the planner
+    assert len(session.history()) == 2
+    # another person is not limited by eve's requests
+    assert app.session("t-rate-2", user_id="bob").send("/generate a wasp").images
+
+
+def test_bad_upload_raises_before_anything_runs(make_app):
+    planner = ScriptedModel()
+    session = make_app(planner).session("t-bad")
+    with pytest.raises(BadImageError):
+        session.send("edit this", images=[b"\x89PNG\r\n\x1a\n not really a png"])
+    with pytest.raises(UnknownRefError):
+        session.send("edit this", images=["img_00000000aaaa"])
+    assert planner.calls == [] and session.history() == []
