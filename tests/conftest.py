@@ -1,0 +1,52 @@
+"""Fixtures shared by every room's tests. Keep this file small: add fixtures, don't remove others'."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+INSIGHTFACE_VERSION = "2.1"
+SAMPLE_IMAGES = ("t1.jpg", "Tom_Hanks_54745.png")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ATELIER_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "atelier-tests")
+    return Path(root) / f"insightface-{INSIGHTFACE_VERSION}"
+
+
+@pytest.fixture(scope="session")
+def face_photos() -> dict[str, Path]:
+    """Real face photos, offline: the samples `insightface` ships in its wheel (it ships no models).
+
+    `group`: t1.jpg, six people; `portrait`: Tom_Hanks_54745.png, one aligned face (112x112).
+    Taken from an installed `insightface` if there is one, else from a cached copy of the wheel
+    (fetched once with `pip download insightface==2.1 --no-deps`; pip's cache makes reruns offline).
+    """
+    spec = importlib.util.find_spec("insightface")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "images"
+        if all((folder / name).is_file() for name in SAMPLE_IMAGES):
+            return {"group": folder / "t1.jpg", "portrait": folder / "Tom_Hanks_54745.png"}
+    cache = _cache_dir()
+    if not all((cache / name).is_file() for name in SAMPLE_IMAGES):
+        cache.mkdir(parents=True, exist_ok=True)
+        wheels = list(cache.glob("insightface-*.whl"))
+        if not wheels:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", f"insightface=={INSIGHTFACE_VERSION}", "--no-deps",
+                 "--only-binary=:all:", "-q", "-d", str(cache)],
+                capture_output=True, text=True, timeout=300,
+            )
+            wheels = list(cache.glob("insightface-*.whl"))
+            if proc.returncode != 0 or not wheels:
+                pytest.fail(f"could not fetch the insightface sample photos: {proc.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in SAMPLE_IMAGES:
+                (cache / name).write_bytes(wheel.read(f"insightface/data/images/{name}"))
+    return {"group": cache / "t1.jpg", "portrait": cache / "Tom_Hanks_54745.png"}
