@@ -175,7 +175,7 @@ def _background_tasks() -> dict[str, Any]:
 
 def consent_answer(text: str, replies: dict[str, set[str]]) -> bool | None:
     """True/False when `text` reads as a yes/no answer to a consent question, else None."""
-    words = text.strip().lower().strip(" .!?").replace(",", " ")
+    words = " ".join(text.lower().replace(",", " ").split()).strip(" .!?")
     if words in replies["yes"]:
         return True
     if words in replies["no"]:

@@ -255,3 +255,61 @@ def test_chat_app_background_tasks_do_not_run_turns(keyed):
         resp = client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": task}])
         assert resp.choices[0].message.content == "{}"
     assert len(keyed.atelier.store.all_versions()) == before
+
+
+# -- consent answered in text -----------------------------------------------------------------
+# Whether a turn waits for consent is the safety screen's decision (faces in uploaded photos), so
+# this adapter test stands in a session that is waiting, and checks how a chat reply is read.
+
+
+class _WaitingSession:
+    def __init__(self, thread_id, ref):
+        self.thread_id, self.ref, self.resumed, self.sent = thread_id, ref, [], []
+        self.pending_consent = {"question": "Do you have their consent?", "people": ["person_1"]}
+
+    def _result(self, answer, images=()):
+        from agent.session import TurnResult
+
+        return TurnResult(thread_id=self.thread_id, answer=answer, images=list(images))
+
+    def resume(self, approved):
+        self.resumed.append(approved)
+        self.pending_consent = None
+        image = {"ref": self.ref, "path": "/nonexistent", "width": 8, "height": 8}
+        return self._result("Edited." if approved else "Not edited.", [image] if approved else [])
+
+    async def asend(self, text, images=None):
+        self.sent.append(text)
+        return self._result("new turn")
+
+    def astream(self, text, images=None):
+        raise AssertionError("not used")
+
+
+class _WaitingAtelier:
+    def __init__(self, profile):
+        self.profile, self.sessions = profile, {}
+
+    def session(self, thread_id, user_id="local"):
+        return self.sessions.setdefault(thread_id, _WaitingSession(thread_id, "img_00112233aabb"))
+
+
+@pytest.mark.parametrize("reply, approved", [("Yes, I consent.", True), ("no", False), ("make it blue", None)])
+def test_a_yes_or_no_reply_answers_a_pending_consent_question(tmp_path, reply, approved):
+    from fastapi.testclient import TestClient
+
+    atelier = _WaitingAtelier(load_profile("tiny", {"store": {"root": str(tmp_path)}}))
+    client = TestClient(create_app(atelier, ServerOptions()))
+    body = {"model": "atelier-tiny", "metadata": {"thread_id": "t-1"},
+            "messages": [{"role": "user", "content": "put glasses on her"},
+                         {"role": "assistant", "content": "Do you have their consent?"},
+                         {"role": "user", "content": reply}]}
+    resp = client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200
+    session = atelier.sessions["t-1"]
+    content = resp.json()["choices"][0]["message"]["content"]
+    if approved is None:  # not an answer: a new turn (the session closes the question itself)
+        assert session.resumed == [] and session.sent == ["make it blue"]
+    else:
+        assert session.resumed == [approved] and session.sent == []
+        assert ("/v1/files/img_00112233aabb" in content) == approved
