@@ -1,0 +1,100 @@
+"""Identity checks with real faces (insightface's sample photos, dlib backend, offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from tools.identity import FaceAnalyzer, describe_checks
+from tools.settings import IdentitySettings
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return FaceAnalyzer(IdentitySettings(backend="dlib", max_distance=0.6))
+
+
+@pytest.fixture(scope="module")
+def group(face_photos):
+    return Image.open(face_photos["group"]).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def group_faces(analyzer, group):
+    return analyzer.faces(group)
+
+
+def replace_face(group: Image.Image, box, portrait: Image.Image, portrait_box) -> Image.Image:
+    """Paste the portrait scaled so that its face box lands on `box`."""
+    left, top, right, bottom = box
+    pl, pt, pr, pb = portrait_box
+    scale = (right - left) / (pr - pl)
+    scaled = portrait.resize((round(portrait.width * scale), round(portrait.height * scale)), Image.LANCZOS)
+    out = group.copy()
+    out.paste(scaled, (round(left - pl * scale), round(top - pt * scale)))
+    return out
+
+
+def test_group_photo_has_six_faces_matched_one_to_one(analyzer, group, group_faces):
+    assert len(group_faces) == 6
+    # A smaller, shifted copy (as an edit at another resolution returns it): every face pairs with itself.
+    small = group.resize((group.width * 3 // 4, group.height * 3 // 4), Image.LANCZOS)
+    moved = Image.new("RGB", small.size, (0, 0, 0))
+    moved.paste(small, (6, 4))
+    pairs = analyzer.match(group_faces, analyzer.faces(moved), group.size, moved.size)
+    assert [j for _, j, _ in pairs] == [0, 1, 2, 3, 4, 5]
+    assert all(dist < 0.6 for _, _, dist in pairs)
+
+
+def test_two_people_swapping_places_fails_both(analyzer, group, group_faces):
+    a, b = group_faces[0].box, group_faces[5].box
+    size = (min(a[2] - a[0], b[2] - b[0]), min(a[3] - a[1], b[3] - b[1]))
+    crop_a = group.crop((a[0], a[1], a[0] + size[0], a[1] + size[1]))
+    crop_b = group.crop((b[0], b[1], b[0] + size[0], b[1] + size[1]))
+    swapped = group.copy()
+    swapped.paste(crop_b, a[:2])
+    swapped.paste(crop_a, b[:2])
+    checks = analyzer.compare(group, swapped, source_faces=group_faces)
+    assert [c.face for c in checks if not c.same_person] == [0, 5]
+
+
+def test_replaced_face_fails_the_gate_for_that_face_only(analyzer, group, group_faces, face_photos):
+    portrait = Image.open(face_photos["portrait"]).convert("RGB")
+    portrait_box = analyzer.faces(portrait)[0].box
+    target = 2
+    swapped = replace_face(group, group_faces[target].box, portrait, portrait_box)
+    checks = analyzer.compare(group, swapped, source_faces=group_faces)
+    assert len(checks) == 6
+    failing = [c.face for c in checks if not c.same_person]
+    assert failing == [target]
+    assert checks[target].distance is not None and checks[target].distance >= 0.6
+    note = describe_checks(checks)
+    assert note is not None and "face 3" in note and "different person" in note
+
+
+def test_relit_and_slightly_shifted_versions_pass(analyzer, group, group_faces):
+    arr = np.asarray(group, dtype=np.float32)
+    warm = np.clip(arr * np.array([1.15, 1.0, 0.8]) * 0.85, 0, 255).astype(np.uint8)
+    relit = ImageEnhance.Contrast(Image.fromarray(warm)).enhance(1.2)
+    shifted = Image.new("RGB", group.size, (0, 0, 0))
+    shifted.paste(group, (7, -5))
+    for variant in (relit, shifted):
+        checks = analyzer.compare(group, variant, source_faces=group_faces)
+        assert len(checks) == 6
+        assert all(c.same_person for c in checks), [c.distance for c in checks]
+        assert describe_checks(checks) is None
+
+
+def test_a_lost_face_is_reported_plainly(analyzer, group, group_faces):
+    covered = group.copy()
+    left, top, right, bottom = group_faces[0].box
+    covered.paste((128, 128, 128), (left - 20, top - 30, right + 20, bottom + 20))
+    checks = analyzer.compare(group, covered, source_faces=group_faces)
+    assert checks[0].distance is None and not checks[0].same_person
+    assert all(c.same_person for c in checks[1:])
+    assert "face 1 is lost" in describe_checks(checks)
+
+
+def test_backend_none_checks_nothing(group):
+    assert FaceAnalyzer(IdentitySettings(backend="none")).compare(group, group) == []
