@@ -126,8 +126,8 @@ class AtelierMCP:
         self.atelier = atelier
         self.user_id = user_id
         self.thread_id = thread_id
-        self._threads: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-        self._sessions: dict[str, Any] = {}
+        self._by_client: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._shared: Any = None  # the session when there is no client key (or --thread)
         tools = [
             _tool(spec["function"]["name"], spec["function"]["description"], spec["function"]["parameters"],
                   self._runner(spec["function"]["name"]), _CREATES)
@@ -139,22 +139,18 @@ class AtelierMCP:
 
     # sessions
     def session_for(self, ctx: Context | None):
-        key = None
+        """One Atelier thread per MCP client connection (or the `--thread` given)."""
         try:
             key = ctx.session if ctx is not None else None
         except (ValueError, LookupError):  # no request context (called outside a request)
             key = None
-        thread = self.thread_id
-        if thread is None:
-            if key is None:
-                thread = "mcp-local"
-            else:
-                thread = self._threads.get(key)
-                if thread is None:
-                    thread = self._threads[key] = "mcp-" + uuid.uuid4().hex[:16]
-        session = self._sessions.get(thread)
+        if self.thread_id is not None or key is None:
+            if self._shared is None:
+                self._shared = self.atelier.session(self.thread_id or "mcp-local", user_id=self.user_id)
+            return self._shared
+        session = self._by_client.get(key)
         if session is None:
-            session = self._sessions[thread] = self.atelier.session(thread, user_id=self.user_id)
+            session = self._by_client[key] = self.atelier.session("mcp-" + uuid.uuid4().hex[:16], user_id=self.user_id)
         return session
 
     # tools
@@ -244,6 +240,37 @@ class AtelierMCP:
             return _error(str(err))
         return [TextContent(type="text", text=json.dumps(
             {"image": version.ref, "width": version.width, "height": version.height}))]
+
+
+class _ProtocolStdout:
+    """`sys.stdout` while serving MCP over stdio: the SDK's transport takes `.buffer` (the real
+    stdout, reserved for protocol messages); any text a library prints goes to stderr instead of
+    corrupting the protocol stream."""
+
+    def __init__(self, protocol: Any, text_sink: Any):
+        self.buffer = protocol
+        self._sink = text_sink
+
+    def write(self, text: str) -> int:
+        return self._sink.write(text)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sink, name)
+
+
+def protect_stdout() -> None:
+    """Keep fd 1 for MCP messages only: C-level writes to fd 1 and Python prints go to stderr."""
+    import io
+    import os
+    import sys
+
+    sys.stdout.flush()
+    protocol = io.FileIO(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = _ProtocolStdout(io.BufferedWriter(protocol), sys.stderr)
 
 
 def build_server(atelier, **kwargs: Any) -> FastMCP:

@@ -26,6 +26,10 @@ def run(args) -> int:
     from agent import Atelier
     from ui.mcp_server import build_server
 
+    if args.transport == "stdio":
+        from ui.mcp_server import protect_stdout
+
+        protect_stdout()  # before anything can print: stdout carries only MCP messages
     profile = load_profile_from_args(args)
     settings = {"log_level": "WARNING"}
     if args.transport == "http":
