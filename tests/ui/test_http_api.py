@@ -313,3 +313,41 @@ def test_a_yes_or_no_reply_answers_a_pending_consent_question(tmp_path, reply, a
     else:
         assert session.resumed == [approved] and session.sent == []
         assert ("/v1/files/img_00112233aabb" in content) == approved
+
+
+def test_remote_image_urls_are_fetched_when_enabled(local):
+    made = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a yellow kite"}])
+    url = made.model_extra["atelier"]["images"][0]["url"]  # a URL this server can fetch
+    options = local.server.config.app.state.adapter.options
+    options.allow_remote_images = True
+    try:
+        resp = local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "a kite like this"}, {"type": "image_url", "image_url": {"url": url}}]}])
+        missing = url.rsplit("/", 1)[0] + "/img_0123456789ab"
+        with pytest.raises(openai.BadRequestError) as err:
+            local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "a kite"}, {"type": "image_url", "image_url": {"url": missing}}]}])
+    finally:
+        options.allow_remote_images = False
+    thread = resp.model_extra["atelier"]["thread_id"]
+    fetched_ref = url.rsplit("/", 1)[1]  # the store is content-addressed: same bytes, same ref
+    assert fetched_ref in [v.ref for v in local.atelier.session(thread, user_id="local").history()]
+    assert fetched_ref not in [i["ref"] for i in resp.model_extra["atelier"]["images"]]  # an input, not a result
+    assert "HTTP 404" in err.value.body["message"]
+
+
+def test_api_keys_from_a_file_and_the_environment_form(tmp_path):
+    from ui.http_api import BadConfigError
+
+    path = tmp_path / "keys.yaml"
+    path.write_text("sk-file-0123456789: carol\n")
+    assert load_api_keys(path, "sk-env-0123456789=dave,sk-bare-0123456789") == {
+        "sk-file-0123456789": "carol", "sk-env-0123456789": "dave",
+        "sk-bare-0123456789": "key-" + __import__("hashlib").sha256(b"sk-bare-0123456789").hexdigest()[:8],
+    }
+    with pytest.raises(BadConfigError, match="too short"):
+        load_api_keys(spec="short=eve")
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(BadConfigError, match="must map keys"):
+        load_api_keys(path)
