@@ -331,9 +331,10 @@ def test_remote_image_urls_are_fetched_when_enabled(local):
     finally:
         options.allow_remote_images = False
     thread = resp.model_extra["atelier"]["thread_id"]
-    fetched_ref = url.rsplit("/", 1)[1]  # the store is content-addressed: same bytes, same ref
-    assert fetched_ref in [v.ref for v in local.atelier.session(thread, user_id="local").history()]
-    assert fetched_ref not in [i["ref"] for i in resp.model_extra["atelier"]["images"]]  # an input, not a result
+    uploads = [v for v in local.atelier.session(thread, user_id="local").history() if v.origin == "upload"]
+    assert len(uploads) == 1  # the fetched image, ingested (re-encoded) as this thread's upload
+    fetched = local.atelier.store.open(url.rsplit("/", 1)[1])
+    assert local.atelier.store.open(uploads[0].ref).tobytes() == fetched.tobytes()
     assert "HTTP 404" in err.value.body["message"]
 
 
