@@ -98,8 +98,6 @@ class TransformersVLPlanner(ChatModel):
         return self._processor
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PlannerReply:
-        import torch
-
         from agent.planners.parsing import parse_tool_calls
 
         model, processor = self.model, self.processor
@@ -107,12 +105,27 @@ class TransformersVLPlanner(ChatModel):
         images = _load_images(paths) if paths else None
         start = time.perf_counter()
         inputs = processor(text=[text], images=images, return_tensors="pt").to(model.device)
-        tokenizer = processor.tokenizer
+        new_tokens = self.generate(inputs)
+        raw = processor.tokenizer.decode(new_tokens, skip_special_tokens=False).split("<|im_end|>")[0]
+        self.last_timing = {
+            "seconds": time.perf_counter() - start,
+            "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "new_tokens": int(new_tokens.shape[0]),
+        }
+        return parse_tool_calls(raw)
+
+    def generate(self, inputs: dict[str, Any], *, min_new_tokens: int | None = None):
+        """Decode after the prompt with a static KV cache (compiled when `planner.compile`);
+        returns the new token ids. `min_new_tokens` is for benchmarks that need a fixed length."""
+        import torch
+
+        model, tokenizer = self.model, self.processor.tokenizer
         sampling = self.settings.temperature > 0
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
                 max_new_tokens=self.settings.max_tokens,
+                min_new_tokens=min_new_tokens,
                 do_sample=sampling,
                 temperature=self.settings.temperature if sampling else None,
                 top_p=None, top_k=None,
@@ -121,11 +134,4 @@ class TransformersVLPlanner(ChatModel):
                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                 pad_token_id=tokenizer.pad_token_id,
             )
-        new_tokens = output[0, inputs["input_ids"].shape[1]:]
-        raw = tokenizer.decode(new_tokens, skip_special_tokens=False).split("<|im_end|>")[0]
-        self.last_timing = {
-            "seconds": time.perf_counter() - start,
-            "prompt_tokens": int(inputs["input_ids"].shape[1]),
-            "new_tokens": int(new_tokens.shape[0]),
-        }
-        return parse_tool_calls(raw)
+        return output[0, inputs["input_ids"].shape[1]:]
