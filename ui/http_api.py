@@ -7,7 +7,8 @@ Atelier as a "model". The rules it follows (also in the README):
   `$ATELIER_API_KEYS`); rate limits and the audit log use that id. With no keys configured the
   server is for local use and everyone is user `local`.
 - **Threads.** A conversation maps to one Atelier thread. An explicit id wins
-  (`metadata.thread_id` in the body, or the `X-Atelier-Thread` header); otherwise the id is derived
+  (`metadata.thread_id` in the body, the `X-Atelier-Thread` header, or the `X-OpenWebUI-Chat-Id`
+  header Open WebUI forwards when `ENABLE_FORWARD_USER_INFO_HEADERS=true`); otherwise the id is derived
   from the user id, the request's `user` field and the first user message of the conversation,
   which chat apps resend unchanged with every turn: `oai-` + sha256(...)[:24]. Only the last user
   message of a request is new; the earlier ones are already in the thread.
@@ -53,6 +54,9 @@ from tools.schemas import is_ref
 log = logging.getLogger(__name__)
 
 MAX_CACHED_SESSIONS = 512
+# Headers that name the conversation explicitly: ours, and the chat id Open WebUI forwards when
+# ENABLE_FORWARD_USER_INFO_HEADERS is on (exact mapping even when the first message repeats).
+THREAD_HEADERS = ("x-atelier-thread", "x-openwebui-chat-id")
 
 
 # -- request / response models (the subset of OpenAI's chat API that chat apps send) -------------
@@ -87,6 +91,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
 
 
 class ApiError(Exception):
@@ -336,7 +341,8 @@ class ChatAdapter:
     async def prepare(self, body: ChatCompletionRequest, request: Request):
         self.check_model(body)
         user_id = self.user_for(request)
-        thread_id = self.thread_for(body, user_id, request.headers.get("x-atelier-thread"))
+        header = next((request.headers[h] for h in THREAD_HEADERS if request.headers.get(h)), None)
+        thread_id = self.thread_for(body, user_id, header)
         text, images = await self.last_user_turn(body)
         session, lock = self.session(thread_id, user_id)
         return session, lock, text, images
@@ -410,6 +416,13 @@ def _canned(cid: str, created: int, model: str, text: str, stream: bool) -> Resp
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     })
+
+
+def _usage_chunk(cid: str, created: int, model: str) -> str:
+    """The last chunk when a client asked `stream_options.include_usage` (Atelier counts no tokens)."""
+    payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+               "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    return f"data: {json.dumps(payload)}\n\n"
 
 
 def _finish_reason(result) -> str:
@@ -505,12 +518,14 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
                 "atelier": _result_extra(adapter, result, base),
             }
-        return await _stream(adapter, session, lock, text, images, base, cid, created, request)
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return await _stream(adapter, session, lock, text, images, base, cid, created, request, include_usage)
 
     return app
 
 
-async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, created, request) -> Response:
+async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, created, request,
+                  include_usage: bool = False) -> Response:
     """SSE in OpenAI's chunk shape: a line per tool step, progress as SSE comments, then the answer."""
     model = adapter.model_id
     await lock.acquire()
@@ -531,6 +546,8 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
             yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
             yield _chunk(cid, created, model, {"content": adapter.render(result, base)})
             yield _chunk(cid, created, model, {}, _finish_reason(result))
+            if include_usage:
+                yield _usage_chunk(cid, created, model)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(replay(), media_type="text/event-stream")
@@ -576,6 +593,8 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
                     pass  # the `done` event that follows carries the error in its result
             if not finished:
                 yield _chunk(cid, created, model, {}, "stop")
+            if include_usage:
+                yield _usage_chunk(cid, created, model)
             yield "data: [DONE]\n\n"
             finished = True
         except AtelierError as err:

@@ -156,13 +156,19 @@ def test_streaming_sends_chunks_with_the_image_link(local):
 
 
 def test_stream_ends_with_done_on_the_wire(local):
-    body = {"model": "atelier-tiny", "stream": True, "messages": [{"role": "user", "content": "a kite"}]}
-    with httpx.stream("POST", local.base + "/v1/chat/completions", json=body, timeout=300) as resp:
+    body = {"model": "atelier-tiny", "stream": True, "messages": [{"role": "user", "content": "a kite"}],
+            "stream_options": {"include_usage": True}}
+    headers = {"X-OpenWebUI-Chat-Id": "owui-chat-7"}
+    with httpx.stream("POST", local.base + "/v1/chat/completions", json=body, headers=headers, timeout=300) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+    usage = json.loads(lines[-2][6:])
+    assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 0
+    # Open WebUI's forwarded chat id names the thread
+    assert any(v.origin == "generated" for v in local.atelier.session("owui-chat-7").history())
 
 
 def test_an_uploaded_data_url_is_ingested_into_the_thread(local):
