@@ -1,0 +1,68 @@
+"""Per-user rate limits with the `limits` library (moving window)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from tools.errors import RateLimitedError
+
+
+class RateLimiter:
+    """`RateLimiter("30/minute;500/day").hit(user_id)` raises RateLimitedError when over a limit.
+
+    Storage is in memory by default; any `limits` storage URL works for several processes
+    (`redis://...`, `memcached://...`, `mongodb://...`).
+    """
+
+    def __init__(self, spec: str, storage_url: str | None = None, *, namespace: str = "atelier"):
+        self.spec = spec
+        self.limits = parse_many(spec) if spec and spec.strip() else []
+        self.storage = storage_from_string(storage_url or "memory://")
+        self.limiter = MovingWindowRateLimiter(self.storage)
+        self.namespace = namespace
+
+    def hit(self, user_id: str) -> None:
+        """Count one request of `user_id`, or raise RateLimitedError without counting it."""
+        for limit in self.limits:
+            if not self.limiter.test(limit, self.namespace, user_id):
+                retry = self.retry_after(user_id, limit)
+                raise RateLimitedError(
+                    f"too many requests: the limit is {_describe(limit)}; try again in {_human(retry)}",
+                    retry_after=retry,
+                )
+        for limit in self.limits:
+            self.limiter.hit(limit, self.namespace, user_id)
+
+    def retry_after(self, user_id: str, limit=None) -> float:
+        limits = [limit] if limit is not None else self.limits
+        waits = []
+        for lim in limits:
+            stats = self.limiter.get_window_stats(lim, self.namespace, user_id)
+            if stats.remaining <= 0:
+                waits.append(max(0.0, stats.reset_time - time.time()))
+        return round(max(waits), 1) if waits else 0.0
+
+    def remaining(self, user_id: str) -> int:
+        return min((self.limiter.get_window_stats(l, self.namespace, user_id).remaining for l in self.limits), default=0)
+
+    def reset(self) -> None:
+        self.storage.reset()
+
+
+def _describe(limit) -> str:
+    item = limit.GRANULARITY.name
+    return f"{limit.amount} per {'' if limit.multiples == 1 else str(limit.multiples) + ' '}{item}{'' if limit.multiples == 1 else 's'}"
+
+
+def _human(seconds: float) -> str:
+    s = max(1, math.ceil(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{math.ceil(s / 60)} min"
+    return f"{s / 3600:.1f} h"
