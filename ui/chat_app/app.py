@@ -19,6 +19,7 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.config import config as cl_config
+from chainlit.context import local_steps
 from chainlit.input_widget import NumberInput, Slider
 from chainlit.server import app as fastapi_app
 
@@ -204,6 +205,10 @@ class TurnView:
     """Turns the agent's TurnEvents into Chainlit steps and messages."""
 
     def __init__(self):
+        # tool steps hang under the turn's run step (Chainlit wraps on_message in one), so they
+        # show between the user's message and the answer, in a resumed thread too
+        running = local_steps.get() or []
+        self.parent_id: str | None = running[-1].id if running else None
         self.steps: dict[str, cl.Step] = {}
         self.images: list[dict[str, Any]] = []
         self.answer: str = ""
@@ -214,7 +219,8 @@ class TurnView:
 
     async def handle(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "tool_start":
-            step = cl.Step(name=data.get("name") or "tool", type="tool", language="json", show_input="json")
+            step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json",
+                           parent_id=self.parent_id)
             step.input = render.tool_input(data.get("args") or {})
             step.output = "starting..."
             await step.send()
@@ -227,10 +233,10 @@ class TurnView:
         elif kind == "tool_end":
             step = self.steps.get(data.get("call_id"))
             if step is None:
-                step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json")
+                step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json",
+                               parent_id=self.parent_id)
                 step.input = render.tool_input(data.get("args") or {})
                 await step.send()
-            step.language = "markdown"
             step.output = render.tool_output(data.get("result"))
             result = data.get("result") or {}
             if isinstance(result, dict) and (result.get("ok") is False or result.get("error")):

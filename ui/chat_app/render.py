@@ -78,17 +78,18 @@ def tool_output(result: Any) -> str:
         return "done"
     if r.get("ok") is False or r.get("error"):
         return f"**Failed:** {r.get('error') or 'the tool did not finish'}"
-    parts: list[str] = []
+    facts: list[str] = []
     images = r.get("images") or []
     if images:
-        parts.append("**Result:** " + ", ".join(f"`{ref}`" for ref in images))
+        facts.append("**Result:** " + ", ".join(f"`{ref}`" for ref in images))
     if r.get("current") and r.get("current") not in images:
-        parts.append(f"**Current:** `{r['current']}`")
+        facts.append(f"**Current:** `{r['current']}`")
     if r.get("size"):
         w, h = r["size"]
-        parts.append(f"**Size:** {w}x{h}")
+        facts.append(f"**Size:** {w}x{h}")
     if r.get("seeds"):
-        parts.append("**Seed:** " + ", ".join(str(s) for s in r["seeds"]))
+        facts.append("**Seed:** " + ", ".join(str(s) for s in r["seeds"]))
+    parts = [" · ".join(facts)] if facts else []
     checks = result_checks(r)
     if checks:
         parts.append("**Checks:**\n" + "\n".join(f"- {line}" for line in checks))
