@@ -234,6 +234,9 @@ def test_burst_over_the_rate_limit_is_a_429_with_retry_after(keyed):
             retry_after = err.response.headers.get("retry-after")
     assert statuses == [200, 200, 429, 429]
     assert retry_after is not None and 1 <= int(retry_after) <= 60
+    with pytest.raises(openai.RateLimitError):  # streaming: a 429 before any chunk, not a broken stream
+        list(client.chat.completions.create(model="atelier-tiny", stream=True,
+                                            messages=[{"role": "user", "content": "burst stream"}]))
     # the limit is per user: alice is not affected by burst's requests
     ok = _client(keyed, KEY_ALICE).chat.completions.create(
         model="atelier-tiny", messages=[{"role": "user", "content": "a quiet pond"}])
