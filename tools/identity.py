@@ -32,6 +32,8 @@ from tools.settings import IdentitySettings
 POSITION_WEIGHT = 1.0
 # A pairing whose centres are further apart than this (fraction of the diagonal) is no match.
 MAX_POSITION_SHIFT = 0.35
+# The CNN detector runs (when HOG finds nothing) only on images up to this side: it is slow on a CPU.
+CNN_FALLBACK_MAX_SIDE = 800
 
 
 @dataclass
@@ -76,7 +78,7 @@ class _DlibBackend:
 
     def _detect(self, arr: np.ndarray, upsample: int) -> list:
         rects = list(self.detector(arr, upsample))
-        if not rects and max(arr.shape[:2]) <= 1200:
+        if not rects and max(arr.shape[:2]) <= CNN_FALLBACK_MAX_SIDE:
             # The CNN detector finds turned and small faces HOG misses (slower, so only as fallback).
             if self._cnn is None:
                 self._cnn = self.dlib.cnn_face_detection_model_v1(str(self._cnn_path))

@@ -111,6 +111,10 @@ class ImageEngine(ABC):
     def edit_condition_area(self) -> int:
         return self.settings.edit_condition_area or 384 * 384
 
+    def adapter_names(self, role: str) -> list[str]:
+        """Names of the loaded LoRAs with this role (`relight`, `angles`...); none by default."""
+        return []
+
     @abstractmethod
     def generate(
         self,

@@ -234,7 +234,7 @@ class DiffusersQwenEngine(ImageEngine):
             pipe.disable_lora()
 
     def adapter_names(self, role: str) -> list[str]:
-        return [s.name for s in self._lora_roles.get(role, [])]
+        return [s.name for s in self.settings.loras if s.role == role]
 
     def _callback(self, progress: Progress | None, total: int):
         if progress is None:
