@@ -76,14 +76,14 @@ def _blocks(ll: np.ndarray, oy: int, ox: int, nby: int, nbx: int) -> np.ndarray:
 def _top_singular(a: np.ndarray):
     """Largest singular value and right singular vector of a batch of small matrices.
 
-    Repeated squaring of `A^T A` (power iteration, 32 effective steps) in batched matmuls: the
+    Repeated squaring of `A^T A` (power iteration, 16 effective steps) in batched matmuls: the
     4x4 blocks of images have a dominant s0 (the DC term), so this converges to float precision and
     is about 5x faster than `np.linalg.svd` over 30k blocks.
     """
     m = np.swapaxes(a, -1, -2) @ a
-    for _ in range(5):
+    for _ in range(4):
         m = m @ m
-        m /= np.maximum(np.trace(m, axis1=-2, axis2=-1), 1e-30)[..., None, None]
+        m /= np.maximum(m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] + m[..., 3, 3], 1e-30)[..., None, None]
     col = np.argmax(np.linalg.norm(m, axis=-2), axis=-1)
     v = np.take_along_axis(m, col[..., None, None].repeat(m.shape[-1], axis=-2), axis=-1)[..., 0]
     v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-30)
@@ -104,20 +104,21 @@ def embed(image: Image.Image, wm_id: str, *, scale: float = SCALE) -> Image.Imag
     h4, w4 = h // 2 * 2, w // 2 * 2
     yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV)
     bits = bits_from_id(wm_id).reshape(TILE_ROWS, TILE_COLS)
-    d = _dct_matrix()
     for ch in CHANNELS:
         plane = yuv[:h4, :w4, ch].astype(np.float64)
         ll = _ll(plane)
         oy, ox, nby, nbx, ty, tx = _grid(*ll.shape)
         if nby < 1 or nbx < 1:
             continue
-        coeffs = d @ _blocks(ll, oy, ox, nby, nbx) @ d.T
-        s0, av, v = _top_singular(coeffs)
+        # DCT, SVD, move s0, inverse DCT. Because the DCT is orthonormal, changing s0 of the DCT
+        # block by delta is the same as changing s0 of the block itself by delta along its own
+        # singular vectors (D^T u, D^T v): computed directly, with no transform.
+        blocks = _blocks(ll, oy, ox, nby, nbx)
+        s0, av, v = _top_singular(blocks)
         want = bits[ty[:, None], tx[None, :]].astype(np.float64)
         target = (np.floor(s0 / scale) + 0.25 + 0.5 * want) * scale
         u = av / np.maximum(s0, 1e-30)[..., None]
-        delta = ((target - s0)[..., None, None]) * (u[..., :, None] * v[..., None, :])
-        delta_blk = d.T @ delta @ d  # change of the LL block
+        delta_blk = ((target - s0)[..., None, None]) * (u[..., :, None] * v[..., None, :])  # change of the LL block
         dll = np.zeros_like(ll)
         dll[oy:oy + nby * BLOCK, ox:ox + nbx * BLOCK] = delta_blk.transpose(0, 2, 1, 3).reshape(nby * BLOCK, nbx * BLOCK)
         # inverse Haar of a change in LL only: each of the 4 pixels moves by dLL / 2
@@ -155,14 +156,15 @@ def read(rgb: np.ndarray) -> Reading:
     h, w = rgb.shape[:2]
     h4, w4 = h // 2 * 2, w // 2 * 2
     yuv = cv2.cvtColor(np.ascontiguousarray(rgb[:h4, :w4]), cv2.COLOR_RGB2YUV)
-    d = _dct_matrix()
     s0s, idxs = [], []
     for ch in CHANNELS:
         ll = _ll(yuv[:, :, ch].astype(np.float64))
         oy, ox, nby, nbx, ty, tx = _grid(*ll.shape)
         if nby < 1 or nbx < 1:
             continue
-        s0, _, _ = _top_singular(d @ _blocks(ll, oy, ox, nby, nbx) @ d.T)
+        # The 2-D DCT is orthonormal (D X D^T), so it leaves singular values unchanged: s0 of the
+        # DCT block equals s0 of the block, and the reader can skip the transform.
+        s0, _, _ = _top_singular(_blocks(ll, oy, ox, nby, nbx))
         s0s.append(s0.reshape(-1))
         idxs.append((ty[:, None] * TILE_COLS + tx[None, :]).reshape(-1))
     if not s0s:
