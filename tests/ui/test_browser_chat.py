@@ -72,7 +72,9 @@ def test_message_gives_an_image_with_its_tool_step(page, chat_server):
     _shot(page, "01-generate")
     # the step opens to show its arguments, result and checks
     step.click()
-    page.get_by_text(re.compile(r"img_[0-9a-f]{6,}")).first.wait_for()
+    page.get_by_text("Result:").first.wait_for()
+    page.get_by_text(re.compile(r"watermark id: \S+")).first.wait_for()  # the checks it passed
+    page.wait_for_timeout(800)  # the step's open animation
     _shot(page, "02-generate-step-open")
 
 
@@ -111,3 +113,19 @@ def test_thread_is_listed_and_resumes_with_its_images(page, chat_server):
     page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
     assert "/atelier/files/" in img.get_attribute("src")
     _shot(page, "05-resumed-thread")
+
+
+def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path):
+    _open_chat(page, chat_server)
+    _send(page, "/edit make her look 30 years older", files=[_photo(tmp_path / "friend.png")])
+    yes = page.get_by_role("button", name="Yes, I have their consent")
+    yes.wait_for(timeout=TURN_TIMEOUT)
+    assert page.get_by_role("button", name="No, leave the face alone").is_visible()
+    assert page.get_by_text("consent", exact=False).first.is_visible()
+    assert _assistant_images(page).count() == 0  # nothing is edited before the answer
+    _shot(page, "06-consent-question")
+    yes.click()
+    _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    assert page.locator("[id^='step-']", has_text="edit_image").first.is_visible()
+    _shot(page, "07-consent-given-edit")

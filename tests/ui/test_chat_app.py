@@ -202,6 +202,7 @@ def test_tool_output_shows_refs_size_and_every_check():
                   {"face": 1, "distance": 0.72, "same_person": False},
                   {"face": 2, "distance": None, "same_person": False}],
         "attempts": 2, "watermark_ids": ["wm_42"], "safety": {"result": "allow"},
+        "drift": {"global_shift_px": 1.5, "shift_x_px": 1.2, "shift_y_px": 0.9, "outside_change": 0.0123},
         "note": "face 1 still drifts",
     }
     out = render.tool_output(result)
@@ -211,6 +212,8 @@ def test_tool_output_shows_refs_size_and_every_check():
     assert "face 2: lost" in out
     assert "attempts: 2" in out and "watermark id: wm_42" in out and "safety (result): allow" in out
     assert "face 1 still drifts" in out
+    assert "drift: global shift 1.5 px, change outside the edit 0.0123" in out
+    assert "shift_x" not in out and "shift x" not in out
 
 
 def test_tool_output_of_a_failure_and_of_a_revert():

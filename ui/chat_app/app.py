@@ -22,6 +22,7 @@ from chainlit.config import config as cl_config
 from chainlit.context import local_steps
 from chainlit.input_widget import NumberInput, Slider
 from chainlit.server import app as fastapi_app
+from chainlit.utils import utc_now
 
 from agent.config import load_profile
 from tools.errors import AtelierError, BadImageError, RateLimitedError
@@ -223,6 +224,7 @@ class TurnView:
                            parent_id=self.parent_id)
             step.input = render.tool_input(data.get("args") or {})
             step.output = "starting..."
+            step.start = utc_now()  # start without end: the UI shows it as running
             await step.send()
             self.steps[data.get("call_id") or str(len(self.steps))] = step
         elif kind == "progress":
@@ -238,6 +240,7 @@ class TurnView:
                 step.input = render.tool_input(data.get("args") or {})
                 await step.send()
             step.output = render.tool_output(data.get("result"))
+            step.end = utc_now()
             result = data.get("result") or {}
             if isinstance(result, dict) and (result.get("ok") is False or result.get("error")):
                 step.is_error = True
@@ -247,6 +250,10 @@ class TurnView:
             self.current = data.get("ref") or self.current
         elif kind == "consent":
             self.consent = data
+            for step in self.steps.values():
+                if step.end is None:
+                    step.output = "waiting for your answer to the consent question"
+                    await step.update()
         elif kind == "refusal":
             self.refusal = data
         elif kind == "answer":
@@ -267,6 +274,15 @@ class TurnView:
         self.consent = r.get("consent")
         self.refusal = r.get("refused") or self.refusal
         self.error = r.get("error") or self.error
+
+    async def close_open_steps(self, note: str) -> None:
+        """Steps that never got their tool_end (stopped, failed, disconnected) say so and end."""
+        for step in self.steps.values():
+            if step.end is None:
+                step.output = note
+                step.end = utc_now()
+                step.is_error = True
+                await step.update()
 
     def closing_text(self, has_images: bool) -> str:
         """The closing message's text: the agent's answer, or the refusal / error explained."""
@@ -314,18 +330,24 @@ async def _ask_consent(consent: dict[str, Any]) -> bool | None:
 
 async def _run_turn(session, text: str, images: list[str]) -> None:
     view = TurnView()
-    async for event in session.astream(text, images=images):
-        await view.handle(event.kind, dict(event.data or {}))
-    while view.consent:
-        approved = await _ask_consent(view.consent)
-        if approved is None:
-            await asyncio.to_thread(session.resume, False)
-            await cl.Message(content=TEXTS["consent_timeout"], author="Atelier").send()
-            return
-        view.consent = None
-        async for event in session.astream_resume(approved):
+    try:
+        async for event in session.astream(text, images=images):
             await view.handle(event.kind, dict(event.data or {}))
-    await view.finish()
+        while view.consent:
+            approved = await _ask_consent(view.consent)
+            if approved is None:
+                await asyncio.to_thread(session.resume, False)
+                await view.close_open_steps(TEXTS["consent_timeout"])
+                await cl.Message(content=TEXTS["consent_timeout"], author="Atelier").send()
+                return
+            view.consent = None
+            async for event in session.astream_resume(approved):
+                await view.handle(event.kind, dict(event.data or {}))
+        await view.close_open_steps("not run")
+        await view.finish()
+    except asyncio.CancelledError:
+        await view.close_open_steps("stopped")
+        raise
 
 
 def _attachments(message: cl.Message) -> tuple[list[str], list[str]]:

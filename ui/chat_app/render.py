@@ -47,6 +47,11 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return {"note": str(result)}
 
 
+# the drift figures worth a line (tools.drift.measure): key, label, unit
+DRIFT_FIGURES = (("global_shift_px", "global shift", " px"), ("outside_change", "change outside the edit", ""),
+                 ("mean_change", "mean change", ""))
+
+
 def result_checks(result: Any) -> list[str]:
     """The checks a result passed, one short line each: identity per face, watermark, safety."""
     r = _as_dict(result)
@@ -66,8 +71,11 @@ def result_checks(result: Any) -> list[str]:
     safety = r.get("safety") or {}
     for stage, decision in safety.items():
         lines.append(f"safety ({stage}): {decision}")
-    for key, value in (r.get("drift") or {}).items():
-        lines.append(f"{key.replace('_', ' ')}: {value:.3g}" if isinstance(value, (int, float)) else f"{key}: {value}")
+    drift = r.get("drift") or {}
+    drift_parts = [f"{label} {drift[key]:.3g}{unit}" for key, label, unit in DRIFT_FIGURES
+                   if isinstance(drift.get(key), (int, float))]
+    if drift_parts:
+        lines.append("drift: " + ", ".join(drift_parts))
     return lines
 
 
