@@ -123,7 +123,7 @@ async def test_streamable_http_generate_and_verify(tmp_path):
             await client.initialize()
             names = {t.name for t in (await client.list_tools()).tools}
             assert {"generate_image", "verify"} <= names
-            made = await client.call_tool("generate_image", {"prompt": "a lighthouse", "aspect_ratio": "9:16"})
+            made = await client.call_tool("generate_image", {"prompt": "a lighthouse", "aspect_ratio": "1:1"})
             assert not made.isError, made.content
             ref = _text(made)["images"][0]["ref"]
             assert [c.type for c in made.content] == ["image", "text"]
