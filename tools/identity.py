@@ -14,9 +14,11 @@ embedding distance plus position) and returns one `FaceCheck` per source face.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +144,9 @@ class FaceAnalyzer:
         self.settings = settings or IdentitySettings()
         self._backend = None
         self._lock = threading.Lock()
+        # Faces per image content: a source is analysed once however many edits and retries it gets.
+        self._cache: OrderedDict[str, list[Face]] = OrderedDict()
+        self.cache_size = 64
 
     @property
     def enabled(self) -> bool:
@@ -159,9 +164,17 @@ class FaceAnalyzer:
         """Faces in `image`, left to right."""
         if not self.enabled:
             return []
+        rgb = image.convert("RGB")
+        key = hashlib.sha1(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
         with self._lock:
-            found = self._get_backend().faces(image)
-        return sorted(found, key=lambda f: (f.box[0], f.box[1]))
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return list(self._cache[key])
+            found = sorted(self._get_backend().faces(rgb), key=lambda f: (f.box[0], f.box[1]))
+            self._cache[key] = found
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return list(found)
 
     def distance(self, a: Face | np.ndarray, b: Face | np.ndarray) -> float:
         ea = a.embedding if isinstance(a, Face) else a

@@ -98,3 +98,51 @@ def test_a_lost_face_is_reported_plainly(analyzer, group, group_faces):
 
 def test_backend_none_checks_nothing(group):
     assert FaceAnalyzer(IdentitySettings(backend="none")).compare(group, group) == []
+
+
+def test_gate_retries_with_new_seeds_then_full_steps_until_faces_hold(analyzer, group, group_faces, face_photos,
+                                                                       tmp_path):
+    from tools.image_tools import ToolContext, _gated
+    from tools.settings import EngineSettings
+    from tools.store import ImageStore
+
+    portrait = Image.open(face_photos["portrait"]).convert("RGB")
+    swapped = replace_face(group, group_faces[1].box, portrait, analyzer.faces(portrait)[0].box)
+    ctx = ToolContext(store=ImageStore(tmp_path), engine=EngineSettings(),
+                      identity=IdentitySettings(max_attempts=3), analyzer=analyzer)
+    calls = []
+
+    def render(seed, few_step):  # a model that only gets the faces right on its full-step run
+        calls.append((seed, few_step))
+        return group if not few_step else swapped
+
+    attempt, attempts = _gated(ctx, render, group, lambda im: im, seed=100, check_identity=True)
+    assert calls == [(100, True), (101, True), (102, False)]
+    assert attempts == 3 and attempt.seed == 102 and attempt.kept == 6
+
+    calls.clear()
+    attempt, attempts = _gated(ctx, lambda s, f: calls.append(s) or swapped, group, lambda im: im, seed=7,
+                               check_identity=True)
+    assert attempts == 3 and calls == [7, 8, 9]
+    assert [f.face for f in attempt.faces if not f.same_person] == [1]  # still drifting, reported
+
+
+def test_edit_that_loses_the_face_says_so_through_run_tool(face_photos, tmp_path, analyzer):
+    from agent.config import load_profile
+    from tools.image_tools import ToolContext, run_tool
+    from tools.store import ImageStore
+
+    profile = load_profile("tiny")
+    store = ImageStore(tmp_path)
+    ref = store.ingest(face_photos["portrait"]).ref
+    ctx = ToolContext(store=store, engine=profile.engine, identity=profile.identity, analyzer=analyzer)
+    out = run_tool(ctx, "edit_image", {"image": ref, "instruction": "add a hat"})
+    # random weights draw no face: the gate retries up to the profile's limit and says so plainly
+    assert out.result.attempts == profile.identity.max_attempts
+    assert len(out.result.faces) == 1 and out.result.faces[0].distance is None
+    assert "face 1 is lost" in out.result.note
+    assert out.staged[0].metadata["attempts"] == profile.identity.max_attempts
+    # preserve_identity=false: no gate, one attempt
+    free = run_tool(ctx, "edit_image", {"image": ref, "instruction": "turn him into a cartoon fox",
+                                        "preserve_identity": False})
+    assert free.result.attempts == 1 and free.result.faces == []
