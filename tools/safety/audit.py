@@ -112,7 +112,7 @@ class AuditLog:
             if biggest >= NEAR_DUPLICATE_COUNT:
                 out.append({"user_id": user, "flag": "near_duplicates",
                             "detail": f"{biggest} near-identical prompts"})
-            refusals = [e for e in events if e["event"] == "decision" and e.get("decision") == "refuse"]
+            refusals = [d for d in map(_decision_of, events) if d and d.get("decision") == "refuse"]
             if len(refusals) >= REPEATED_REFUSALS:
                 cats = Counter(e.get("category") for e in refusals)
                 out.append({"user_id": user, "flag": "repeated_refusals",
@@ -121,7 +121,7 @@ class AuditLog:
 
     def report(self, since: float | None = None) -> dict[str, Any]:
         rows = self.events(since=since)
-        decisions = [r for r in rows if r["event"] == "decision"]
+        decisions = [d for d in map(_decision_of, rows) if d]
         return {
             "records": len(rows),
             "users": len({r["user_id"] for r in rows}),
@@ -129,7 +129,7 @@ class AuditLog:
             "events": dict(Counter(r["event"] for r in rows)),
             "decisions": dict(Counter(r.get("decision", "?") for r in decisions)),
             "refusals_by_category": dict(Counter(r.get("category") for r in decisions if r.get("decision") == "refuse")),
-            "tools": dict(Counter(r.get("name") for r in rows if r["event"] == "tool_call")),
+            "tools": dict(Counter(r.get("name") or (r.get("call") or {}).get("name") for r in rows if r["event"] == "tool_call")),
             "images": sum(1 for r in rows if r["event"] == "image"),
             "per_user": {u: dict(Counter(r["event"] for r in rows if r["user_id"] == u))
                          for u in sorted({r["user_id"] for r in rows})},
@@ -138,6 +138,15 @@ class AuditLog:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _decision_of(row: dict) -> dict | None:
+    """The screening decision a record carries: a `decision` event, or a `decision` field
+    (request, upload_screen, tool_call and result_screen records of the agent)."""
+    if row["event"] == "decision":
+        return row
+    nested = row.get("decision")
+    return nested if isinstance(nested, dict) else None
 
 
 def _largest_near_duplicate_group(prompts: list[str]) -> int:
