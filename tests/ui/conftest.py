@@ -39,6 +39,7 @@ class ChatServer:
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
         self.home = home
+        home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
@@ -86,6 +87,22 @@ def chat_server(tmp_path_factory):
         server.wait_ready()
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_chat_server(tmp_path):
+    """Start extra servers (e.g. with a password) for one test; stopped afterwards."""
+    servers: list[ChatServer] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> ChatServer:
+        server = ChatServer(tmp_path / f"server-{len(servers)}", extra_env)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
         server.stop()
 
 

@@ -264,3 +264,16 @@ def test_versions_summary_marks_current_and_parents():
     assert [r["made_by"] for r in rows] == ["upload", "relight_image"]
     assert [r["current"] for r in rows] == [False, True]
     assert rows[1]["label"] == "img_bbbbbbbbbbbb — relight_image from img_aaaaaaaaaaaa"
+
+
+def test_closing_text_explains_refusals_errors_and_stops():
+    refusal = {"category": "jailbreak", "reason": "I can't switch off my safety rules."}
+    assert render.closing_text("", refusal, None, False) == "I can't do that: I can't switch off my safety rules."
+    assert render.closing_text("I can't help with that.", refusal, None, False) == "I can't help with that."
+    oom = {"code": "engine_error", "message": "out of memory for 4096x4096; try a smaller size\nTraceback ..."}
+    text = render.closing_text("", None, oom, False)
+    assert text == "That did not work: out of memory for 4096x4096; try a smaller size"
+    assert render.closing_text("", None, {"code": "cancelled", "message": "stopped"}, False).startswith("Stopped.")
+    assert render.closing_text("", None, None, True) == "Here it is."
+    both = render.closing_text("Made one of two.", None, {"code": "engine_error", "message": "boom"}, True)
+    assert both == "Made one of two.\n\nThat did not work: boom"

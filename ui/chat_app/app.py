@@ -285,18 +285,7 @@ class TurnView:
                 await step.update()
 
     def closing_text(self, has_images: bool) -> str:
-        """The closing message's text: the agent's answer, or the refusal / error explained."""
-        if self.error and self.error.get("code") == "cancelled":
-            return TEXTS["stopped"]
-        lines = [self.answer] if self.answer else []
-        if self.refusal and not self.answer:
-            reason = self.refusal.get("reason") or "that request is against the safety policy"
-            lines.append(TEXTS["refused"].format(reason=reason))
-        if self.error:
-            lines.append(TEXTS["error"].format(message=self.error.get("message") or "unknown error"))
-        if not lines:
-            lines.append("Here it is." if has_images else "Done.")
-        return "\n\n".join(lines)
+        return render.closing_text(self.answer, self.refusal, self.error, has_images)
 
     async def finish(self) -> None:
         """The closing message: the text with the turn's images inline and the version actions."""

@@ -106,6 +106,25 @@ def tool_output(result: Any) -> str:
     return "\n\n".join(parts) or "done"
 
 
+def closing_text(answer: str, refusal: dict | None, error: dict | None, has_images: bool) -> str:
+    """The text of a turn's closing message: the agent's answer, else the refusal explained in a
+    sentence; a failure (engine out of memory, bad reference...) as one readable line; a stopped
+    turn as such. Never a stack trace: only `message` fields reach the chat."""
+    t = texts()
+    if error and error.get("code") == "cancelled":
+        return t["stopped"]
+    lines = [answer] if answer else []
+    if refusal and not answer:
+        reason = refusal.get("reason") or "that request is against the safety policy"
+        lines.append(t["refused"].format(reason=reason))
+    if error:
+        message = str(error.get("message") or "unknown error").strip().splitlines()[0]
+        lines.append(t["error"].format(message=message))
+    if not lines:
+        lines.append("Here it is." if has_images else "Done.")
+    return "\n\n".join(lines)
+
+
 def progress_line(step: int, total: int) -> str:
     total = max(int(total), 1)
     step = min(max(int(step), 0), total)
