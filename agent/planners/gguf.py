@@ -18,10 +18,14 @@ lock (a llama.cpp context is not thread-safe).
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.planners.base import ChatModel, PlannerReply, ToolCall
@@ -70,7 +74,54 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+def _prop_type(prop: dict[str, Any]) -> str:
+    options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        prop = {**options[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
+    if "enum" in prop:
+        return "|".join(_compact(v) for v in prop["enum"])
+    if "const" in prop:
+        return _compact(prop["const"])
+    kind = prop.get("type")
+    if kind == "string":
+        return "img_ref" if str(prop.get("pattern", "")).startswith("^img_") else "string"
+    if kind in ("integer", "number"):
+        name = "int" if kind == "integer" else "number"
+        if "minimum" in prop and "maximum" in prop:
+            lo, hi = (v if isinstance(v, int) else f"{v:g}" for v in (prop["minimum"], prop["maximum"]))
+            return f"{name} {lo}..{hi}"
+        return name
+    if kind == "boolean":
+        return "bool"
+    if kind == "array":
+        if prop.get("prefixItems"):
+            return "[" + ", ".join(_prop_type(i) for i in prop["prefixItems"]) + "]"
+        return "list of " + _prop_type(prop.get("items") or {})
+    return "any"
+
+
+def tool_signature(tool: dict[str, Any]) -> str:
+    """One compact line per tool: `name(arg: type, opt?: type = default) - description`.
+
+    Derived from the JSON schema (enums, ranges, defaults kept; the nullable wrappers and titles
+    that make up most of a pydantic schema dropped): about a fifth of the tokens of the schema,
+    which matters for a CPU planner that pays for every prompt token.
+    """
+    fn = tool.get("function", tool)
+    params = fn.get("parameters") or {}
+    required = set(params.get("required") or [])
+    args = []
+    for name, prop in (params.get("properties") or {}).items():
+        text = f"{name}{'' if name in required else '?'}: {_prop_type(prop)}"
+        default = prop.get("default")
+        if default not in (None, [], {}):
+            text += f" = {_compact(default)}"
+        args.append(text)
+    desc = (fn.get("description") or "").strip()
+    return f"{fn['name']}({', '.join(args)})" + (f" - {desc}" if desc else "")
+
+
+def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, compact: bool = True) -> str:
     """OpenAI-style messages + tool schemas -> Qwen2.5 chat-template text ending at the assistant turn."""
     system = ""
     rest = messages
@@ -79,7 +130,8 @@ def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> 
     out = []
     sys_text = system or "You are a helpful assistant."
     if tools:
-        sys_text += "\n\n" + TOOLS_PREAMBLE + "\n".join(_compact(t) for t in tools) + TOOLS_POSTAMBLE
+        listed = (tool_signature(t) for t in tools) if compact else (_compact(t) for t in tools)
+        sys_text += "\n\n" + TOOLS_PREAMBLE + "\n".join(listed) + TOOLS_POSTAMBLE
     out.append(f"<|im_start|>system\n{sys_text}<|im_end|>\n")
     i = 0
     while i < len(rest):
@@ -130,6 +182,7 @@ class GGUFPlanner(ChatModel):
     def llm(self):
         if self._llm is None:
             path = self._model_path or str(locate_gguf(self.settings, root=self._root))
+            self._path = path
             native = self.chat_format == "qwen"
             self._llm = _load_llama(path, self.settings.n_ctx, self.settings.n_threads,
                                     None if native else self.chat_format)
@@ -146,9 +199,74 @@ class GGUFPlanner(ChatModel):
         self.last_timing = {"seconds": time.perf_counter() - t0}
         return reply
 
+    def _prefix_cache_dir(self) -> Path | None:
+        if os.environ.get("ATELIER_PROMPT_CACHE", "1") == "0":
+            return None
+        from agent.planners.gguf_assets import models_dir
+
+        return models_dir(self._root) / "prompt-cache"
+
+    def _warm_prefix(self, llm, tokens: list[int], prefix_len: int) -> None:
+        """Restore (or compute once and save) llama.cpp's state for the fixed system prefix.
+
+        The system turn (instructions, routing rules, tool list) is the same for every call; its
+        evaluated state is kept on disk so a new process (`atelier chat ...`) pays only for the
+        conversation tokens. In one process llama.cpp already reuses the common prefix of the
+        previous call, so this only acts when the loaded context does not start with the prefix.
+        """
+        prefix = tokens[:prefix_len]
+        current = list(llm._input_ids[:prefix_len]) if llm.n_tokens >= prefix_len else []
+        if current == prefix:
+            return
+        folder = self._prefix_cache_dir()
+        if folder is None:
+            return
+        import llama_cpp
+
+        key = hashlib.sha256(json.dumps([
+            llama_cpp.__version__, str(self._path), os.path.getsize(self._path), llm.n_ctx(), prefix,
+        ]).encode()).hexdigest()[:24]
+        path = folder / f"{key}.state"
+        n = len(prefix)
+        if path.is_file():
+            try:
+                data = path.read_bytes()
+                state = data[4 * n:]
+                ids = list(memoryview(data[: 4 * n]).cast("i"))
+                if ids == prefix:
+                    buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+                    if llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(state)) == len(state):
+                        llm.input_ids[:n] = prefix
+                        llm.n_tokens = n
+                        return
+            except (OSError, ValueError):
+                pass
+        t0 = time.perf_counter()
+        print(f"atelier: preparing the planner prompt ({n} tokens, once per machine) ...", file=sys.stderr, flush=True)
+        llm.reset()
+        llm.eval(prefix)
+        size = llama_cpp.llama_state_get_size(llm._ctx.ctx)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_get_data(llm._ctx.ctx, buf, size)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            import array
+
+            tmp.write_bytes(array.array("i", prefix).tobytes() + bytes(buf)[:written])
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only data dir only costs speed
+        print(f"atelier: planner prompt ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
     def _chat_native(self, llm, messages, tools) -> PlannerReply:
         prompt = render_qwen(messages, tools)
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        # the system turn alone (everything before the first user/assistant turn)
+        head = render_qwen(messages[:1], tools).rsplit("<|im_start|>assistant", 1)[0]
+        head_tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
+        if 0 < len(head_tokens) < len(tokens) and tokens[: len(head_tokens)] == head_tokens:
+            self._warm_prefix(llm, tokens, len(head_tokens))
         budget = self.settings.n_ctx - len(tokens)
         if budget < 16:
             raise ModelUnavailableError(
