@@ -78,7 +78,15 @@ def test_render_qwen_template():
     assert text.startswith("<|im_start|>system\nSYS\n\n# Tools")
     assert text.count("<|im_start|>") == 5 and text.endswith("<|im_start|>assistant\n")
     tools_block = text.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
-    assert [json.loads(line)["function"]["name"] for line in tools_block][0] == "generate_image"
+    assert [line.split("(")[0] for line in tools_block] == [
+        "generate_image", "edit_image", "relight_image", "reframe_image", "adjust_image", "revert"]
+    assert tools_block[0].startswith('generate_image(prompt: string, aspect_ratio?: "1:1"|"16:9"|')
+    assert "count?: int 1..4 = 1" in tools_block[0]
+    assert tools_block[5].startswith("revert(image: img_ref)")
+    full = render_qwen(msgs, tool_json_schemas(), compact=False)
+    full_block = full.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
+    assert json.loads(full_block[2])["function"]["name"] == "relight_image"
+    assert len(full) > len(text) * 2
     assert '<tool_call>\n{"name": "adjust_image", "arguments": {"image": "img_0123abcd"}}\n</tool_call>' in text
     assert "<tool_response>\nnew image(s): img_0123abce\n</tool_response>\n<tool_response>\nERROR: boom" in text
 
