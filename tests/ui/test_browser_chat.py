@@ -85,6 +85,18 @@ def test_upload_and_relight(page, chat_server, tmp_path):
     _wait_turn_done(page)
     assert page.locator("[id^='step-']", has_text="relight_image").first.is_visible()
     _shot(page, "03-upload-relight")
+    # undo goes back to the upload; the versions list offers "branch from here" on the others
+    page.get_by_role("button", name="Undo").last.click()
+    page.get_by_text(re.compile(r"Undone: img_[0-9a-f]+ is the current image again")).wait_for()
+    page.get_by_role("button", name="Versions").last.click()
+    page.get_by_text("Versions of this chat").wait_for()
+    listing = page.locator(".message-content", has_text="Versions of this chat").last
+    assert "upload" in listing.inner_text() and "relight_image" in listing.inner_text()
+    branch = page.get_by_role("button", name=re.compile(r"Branch from img_"))
+    assert branch.count() == 1  # every version but the current one
+    _shot(page, "04-versions")
+    branch.first.click()
+    page.get_by_text(re.compile(r"Branching from img_[0-9a-f]+")).wait_for()
 
 
 def test_refusal_reads_as_a_short_explanation(page, chat_server):
@@ -95,7 +107,7 @@ def test_refusal_reads_as_a_short_explanation(page, chat_server):
     assert "Traceback" not in page.content()
     assert _assistant_images(page).count() == 0
     assert text.strip() and len(text) < 600
-    _shot(page, "04-refusal")
+    _shot(page, "05-refusal")
 
 
 def test_thread_is_listed_and_resumes_with_its_images(page, chat_server):
@@ -112,7 +124,7 @@ def test_thread_is_listed_and_resumes_with_its_images(page, chat_server):
     img = _assistant_images(page).first
     page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
     assert "/atelier/files/" in img.get_attribute("src")
-    _shot(page, "05-resumed-thread")
+    _shot(page, "06-resumed-thread")
 
 
 def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path):
@@ -123,9 +135,44 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path)
     assert page.get_by_role("button", name="No, leave the face alone").is_visible()
     assert page.get_by_text("consent", exact=False).first.is_visible()
     assert _assistant_images(page).count() == 0  # nothing is edited before the answer
-    _shot(page, "06-consent-question")
+    _shot(page, "07-consent-question")
     yes.click()
     _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
     _wait_turn_done(page)
     assert page.locator("[id^='step-']", has_text="edit_image").first.is_visible()
-    _shot(page, "07-consent-given-edit")
+    _shot(page, "08-consent-given-edit")
+
+
+def test_a_browser_that_leaves_mid_turn_finds_the_result_later(browser, chat_server):
+    """Closing the tab while a tool runs does not stop the turn: its image is stored and the
+    resumed thread shows it."""
+    first = browser.new_context(viewport={"width": 1280, "height": 900})
+    first.set_default_timeout(30_000)
+    page = first.new_page()
+    _open_chat(page, chat_server)
+    _send(page, "a castle on a cliff at night")
+    page.locator("[id^='step-']", has_text="generate_image").first.wait_for(timeout=TURN_TIMEOUT)
+    first.close()  # gone mid-turn
+
+    second = browser.new_context(viewport={"width": 1280, "height": 900})
+    second.set_default_timeout(30_000)
+    page = second.new_page()
+    try:
+        page.goto(chat_server.url, wait_until="domcontentloaded")
+        entry = page.locator("#thread-history").get_by_text("a castle on a cliff at night").first
+        entry.wait_for(timeout=30_000)
+        for _ in range(20):  # the turn may still be finishing on the server
+            entry.click()
+            try:
+                _assistant_images(page).first.wait_for(timeout=5_000)
+                break
+            except Exception:  # noqa: BLE001 - not there yet: reload the thread
+                page.goto(chat_server.url, wait_until="domcontentloaded")
+                entry = page.locator("#thread-history").get_by_text("a castle on a cliff at night").first
+                entry.wait_for(timeout=30_000)
+        img = _assistant_images(page).first
+        page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+        assert page.locator("[id^='step-']", has_text="generate_image").count() >= 1
+        _shot(page, "09-result-after-disconnect")
+    finally:
+        second.close()
