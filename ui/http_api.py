@@ -204,6 +204,7 @@ class ChatAdapter:
         self._guard = threading.Lock()
         self._replies = _consent_replies()
         self._tasks = _background_tasks()
+        self._texts = yaml.safe_load((resources.files("prompts") / "api.yaml").read_text(encoding="utf-8"))
 
     # users and threads
     def user_for(self, request: Request) -> str:
@@ -325,6 +326,10 @@ class ChatAdapter:
     def render(self, result, base: str) -> str:
         """The markdown answer: the agent's words, then each image as a link to /v1/files."""
         parts = [result.answer.strip()] if result.answer and result.answer.strip() else []
+        if result.consent:  # the turn waits: the next user message answers (yes/no)
+            question = result.consent.get("question") or ""
+            if question and question not in parts:
+                parts.append(self._texts["consent"].format(question=question))
         for image in result.images:
             ref = image["ref"] if isinstance(image, dict) else image.ref
             parts.append(f"![{ref}]({self.file_url(ref, base)})")

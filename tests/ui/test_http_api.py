@@ -266,6 +266,27 @@ def test_chat_app_background_tasks_do_not_run_turns(keyed):
     assert len(keyed.atelier.store.all_versions()) == before
 
 
+def test_consent_question_then_yes_over_the_api(local, face_photos):
+    """A face-changing edit of an uploaded group photo asks; "yes" in the next message answers."""
+    photo = "data:image/jpeg;base64," + base64.b64encode(face_photos["group"].read_bytes()).decode()
+    first = {"role": "user", "content": [
+        {"type": "text", "text": "/edit make them look older preserve_identity=false"},
+        {"type": "image_url", "image_url": {"url": photo}}]}
+    asked = local.client.chat.completions.create(model="atelier-tiny", messages=[first])
+    question = asked.choices[0].message.content
+    assert asked.model_extra["atelier"]["consent"] is not None
+    assert "consent" in question and "**yes**" in question
+    assert _image_links(question) == []  # nothing was edited yet
+    answered = local.client.chat.completions.create(model="atelier-tiny", messages=[
+        first, {"role": "assistant", "content": question}, {"role": "user", "content": "Yes"}])
+    assert answered.model_extra["atelier"]["thread_id"] == asked.model_extra["atelier"]["thread_id"]
+    links = _image_links(answered.choices[0].message.content)
+    assert len(links) == 1
+    ref = links[0].rsplit("/", 1)[1]
+    version = local.atelier.store.get(ref)
+    assert version.origin == "edited" and version.tool_call["name"] == "edit_image"
+
+
 # -- consent answered in text -----------------------------------------------------------------
 # Whether a turn waits for consent is the safety screen's decision (faces in uploaded photos), so
 # this adapter test stands in a session that is waiting, and checks how a chat reply is read.
