@@ -72,11 +72,13 @@ _LEET_CHARS = set("0134578@$!|9")
 _SPACED = re.compile(r"(?<![a-z0-9])(?:[a-z][ .\-_*·•/|]{1,2}){2,}[a-z](?![a-z0-9])")
 _INWORD_PUNCT = re.compile(r"(?<=[a-z])[.*_·•`^~|]+(?=[a-z])")
 _SPACES = re.compile(r"\s+")
+_STARRED = re.compile(r"(?<=[a-z])\*(?=[a-z])")
 
 
 def _is_cjk(ch: str) -> bool:
     o = ord(ch)
-    return 0x2E80 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F or 0x3000 <= o <= 0x303F or 0xFF00 <= o <= 0xFFEF
+    return (0x2E80 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F or 0xFF00 <= o <= 0xFFEF
+            or 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F)  # + Hangul
 
 
 def fold(text: str) -> str:
@@ -118,8 +120,8 @@ def _unleet_token(tok: str) -> str:
 
 def views(text: str) -> list[str]:
     """The normalised views of a text that the lists are matched against."""
-    base = fold(text)
-    base = _INWORD_PUNCT.sub("", base)
+    folded = fold(text)
+    base = _INWORD_PUNCT.sub("", folded)
     joined = _join_spaced(base)
     joined_article = _join_spaced(base, keep_article=True)
     leet = " ".join(_unleet_token(t) for t in joined_article.split(" "))
@@ -128,6 +130,12 @@ def views(text: str) -> list[str]:
     for v in (base, joined, joined_article, leet):
         if v not in out:
             out.append(v)
+    # a letter hidden behind a star ("n*ked", "s*x"): try each vowel in its place
+    if _STARRED.search(folded):
+        for vowel in "aeiou":
+            v = _STARRED.sub(lambda m: m.group(0).replace("*", vowel), folded)
+            if v not in out:
+                out.append(v)
     return out
 
 
@@ -170,11 +178,10 @@ def load_lists(lists_dir: str | None = None) -> Lists:
     alias: dict[str, str] = {}
     for line in figures.get("figures", []):
         names = [n.strip() for n in str(line).split("|") if n.strip()]
-        for n in names:
-            key = fold(n).replace(".", "")
-            key = re.sub(r"[\s\-]+", " ", key)
+        for i, n in enumerate(names):
+            key = re.sub(r"[\s\-]+", " ", fold(n).replace(".", ""))
             if key:
-                alias[key] = names[0]
+                alias[key] = _canonical(names, i)
     exact = [re.escape(a).replace(r"\ ", r"[\s\-]+") for a in sorted(alias, key=len, reverse=True)]
     fuzzy_multi: dict[int, list[str]] = {}
     fuzzy_single: list[str] = []
@@ -197,6 +204,19 @@ def load_lists(lists_dir: str | None = None) -> Lists:
         fuzzy_multi=fuzzy_multi,
         fuzzy_single=fuzzy_single,
     )
+
+
+def _canonical(names: list[str], i: int) -> str:
+    """Who an alias names: a line may list one person's aliases or several people. An alias that
+    shares a word with an earlier name (or is written in Chinese/Japanese/Korean, following the
+    name before it) is that person; otherwise it names someone of its own."""
+    words = set(fold(names[i]).split())
+    for j in range(i - 1, -1, -1):
+        if words & set(fold(names[j]).split()):
+            return _canonical(names, j)
+    if i > 0 and any(_is_cjk(c) for c in names[i]):
+        return _canonical(names, i - 1)
+    return names[i]
 
 
 # Guard backends ------------------------------------------------------------------------------
