@@ -94,6 +94,29 @@ async def test_stdio_upload_then_adjust(server_params):
         assert corrupt.isError and "base64" in corrupt.content[0].text
 
 
+async def test_stdio_face_edit_asks_consent_through_elicitation(server_params, face_photos):
+    from mcp import types
+
+    questions = []
+
+    async def approve(context, params):
+        questions.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    photo = base64.b64encode(face_photos["group"].read_bytes()).decode()
+    async with stdio_client(server_params) as (read, write), \
+            ClientSession(read, write, elicitation_callback=approve) as client:
+        await client.initialize()
+        ref = _text(await client.call_tool("upload_image", {"data": photo, "filename": "group.jpg"}))["image"]
+        edited = await client.call_tool("edit_image", {
+            "image": ref, "instruction": "make them look older", "preserve_identity": False})
+        assert not edited.isError, edited.content
+        assert len(questions) == 1 and "consent" in questions[0]
+        assert [c.type for c in edited.content] == ["image", "text"]
+        new_ref = _text(edited)["images"][0]["ref"]
+        assert new_ref != ref
+
+
 async def test_streamable_http_generate_and_verify(tmp_path):
     import socket
     import subprocess
