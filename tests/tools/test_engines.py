@@ -132,3 +132,18 @@ def test_snap_dimensions_keeps_area_ratio_and_multiple():
     assert (w % 32, h % 32) == (0, 0)
     assert abs(w * h - 1024 * 1024) / (1024 * 1024) < 0.05
     assert abs(w / h - 16 / 9) < 0.05
+
+
+def test_out_of_memory_becomes_an_engine_error(monkeypatch):
+    import torch
+
+    from tools.errors import EngineError
+
+    engine = get_engine(tiny("qwen-image"))
+
+    def exhausted(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(engine, "generate_pipeline", lambda: exhausted)
+    with pytest.raises(EngineError, match="out of memory for a 4096x4096 image"):
+        engine.generate("x", width=4096, height=4096, seed=0)

@@ -284,7 +284,7 @@ class DiffusersQwenEngine(ImageEngine):
             kwargs = dict(prompt=prompt, width=width, height=height, num_inference_steps=n_steps,
                           num_images_per_prompt=count, generator=self._generators(seed, count),
                           callback_on_step_end=self._callback(progress, n_steps))
-            cfg = self.settings.true_cfg_scale
+            cfg = 1.0 if adapters else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
             if negative_prompt or cfg > 1:
                 kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
             else:
@@ -307,7 +307,7 @@ class DiffusersQwenEngine(ImageEngine):
             kwargs = dict(prompt=instruction, image=list(images), width=width, height=height,
                           num_inference_steps=n_steps, generator=self._generators(seed, 1)[0],
                           callback_on_step_end=self._callback(progress, n_steps))
-            cfg = self.settings.true_cfg_scale
+            cfg = 1.0 if lightning else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
             if negative_prompt or cfg > 1:
                 kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
             else:
