@@ -253,6 +253,11 @@ def test_image_links_are_signed_when_keys_are_configured(keyed):
     assert httpx.get(unsigned).status_code == 401
     assert httpx.get(unsigned, headers={"Authorization": f"Bearer {KEY_ALICE}"}).status_code == 200
     assert httpx.get(unsigned + "?sig=" + "0" * 32).status_code == 401
+    # the key's user id is who the audit log names
+    ref = unsigned.rsplit("/", 1)[1]
+    events = keyed.atelier.services.audit.events(user_id="alice", event="image")
+    assert ref in [e.get("ref") for e in events]
+    assert not [e for e in keyed.atelier.services.audit.events(user_id="local") if e.get("ref") == ref]
 
 
 def test_chat_app_background_tasks_do_not_run_turns(keyed):
