@@ -157,3 +157,14 @@ def test_watermark_and_c2pa_can_be_switched_off(key_dir):
     sealed = Sealer(ProvenanceSettings(watermark=False, c2pa=False), key_dir).seal(_photo())
     assert sealed.watermark_id is None
     assert verify_bytes(sealed.data, key_dir=key_dir)["c2pa"]["state"] == "absent"
+
+
+@pytest.mark.slow
+def test_optional_rivagan_layer_carries_the_id(key_dir):
+    pytest.importorskip("onnxruntime")
+    sealer = Sealer(ProvenanceSettings(watermark_rivagan=True), key_dir)
+    sealed = sealer.seal(_photo(6, 256))
+    report = verify_bytes(sealed.data, key_dir=key_dir, rivagan=True)
+    assert report["watermark"]["detected"]
+    assert report["watermark"]["rivagan"]["detected"]
+    assert report["watermark"]["rivagan"]["id"] == sealed.watermark_id

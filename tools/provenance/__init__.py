@@ -80,6 +80,10 @@ class Sealer:
         wm_id = None
         if self.settings.watermark:
             wm_id = self._new_id()
+            if self.settings.watermark_rivagan:  # optional learned layer first, dwtDctSvd on top
+                from tools.provenance import rivagan
+
+                image = rivagan.embed(image, wm_id)
             image = wm.embed(image, wm_id)
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", self.settings.claim_generator)
@@ -126,8 +130,28 @@ def detect_watermark(image: Image.Image, registry: WatermarkRegistry, *, search:
     return best
 
 
+def detect_rivagan(image: Image.Image, registry: WatermarkRegistry, found_id: str | None = None) -> dict[str, Any]:
+    """The optional RivaGAN layer: its 32 bits against the id the first layer found, or else the
+    closest registered id; same FPR <= 1e-6 rule (union bound over the ids compared)."""
+    from tools.provenance import rivagan
+
+    bits = rivagan.read(image)
+    value = 0
+    for b in bits:
+        value = (value << 1) | b
+    candidates = [found_id] if found_id else [f"{int(v):012x}" for v in registry.values()]
+    best_id, best = None, 0
+    for cid in candidates:
+        agree = 32 - ((int(cid, 16) >> 16) ^ value).bit_count()
+        if agree > best:
+            best_id, best = cid, agree
+    tests = max(1, len(candidates))
+    k = next(k for k in range(16, 33) if tests * wm.binomial_tail(32, k) <= 1e-6 or k == 32)
+    return {"detected": best >= k, "id": best_id if best >= k else None, "bits_agreeing": best, "threshold_bits": f"{k}/32"}
+
+
 def verify_bytes(data: bytes, *, key_dir: str | Path | None = None, registry: WatermarkRegistry | str | Path | None = None,
-                 search: bool = True) -> dict[str, Any]:
+                 search: bool = True, rivagan: bool = False) -> dict[str, Any]:
     """Watermark (detected, id, bit_agreement), C2PA (state, actions...) and plain metadata of a file."""
     key_dir = Path(key_dir or default_key_dir())
     if not isinstance(registry, WatermarkRegistry):
@@ -148,9 +172,12 @@ def verify_bytes(data: bytes, *, key_dir: str | Path | None = None, registry: Wa
     }
     ca = key_dir / "ca.pem"
     credentials = read_credentials(data, trust_anchors=ca.read_text() if ca.exists() else None)
+    watermark = (detect_watermark(image.convert("RGB"), registry, search=search) if image is not None
+                 else {"detected": False, "id": None, "bit_agreement": 0.0, "error": image_error})
+    if rivagan and image is not None:
+        watermark["rivagan"] = detect_rivagan(image.convert("RGB"), registry, watermark.get("id"))
     return {
-        "watermark": detect_watermark(image.convert("RGB"), registry, search=search) if image is not None
-        else {"detected": False, "id": None, "bit_agreement": 0.0, "error": image_error},
+        "watermark": watermark,
         "c2pa": credentials,
         "metadata": metadata,
         "size": list(image.size) if image is not None else None,

@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON (keys watermark.detected, watermark.id, c2pa.state)")
     p.add_argument("--key-dir", help="trust anchors / registry location (default: the profile's, or <data root>/keys)")
+    p.add_argument("--rivagan", action="store_true", help="also read the optional RivaGAN layer (slow on a CPU)")
     p.add_argument("--no-search", action="store_true", help="skip the synchronisation search (faster, misses crops/flips)")
     add_profile_args(p)
     p.set_defaults(func=run)
@@ -36,7 +37,7 @@ def run(args) -> int:
         data = Path(args.file).read_bytes()
     except OSError as err:
         raise BadImageError(f"{args.file}: cannot read file ({err.strerror})") from None
-    report = verify_bytes(data, key_dir=key_dir, search=not args.no_search)
+    report = verify_bytes(data, key_dir=key_dir, search=not args.no_search, rivagan=args.rivagan)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -46,6 +47,9 @@ def run(args) -> int:
     else:
         print(f"watermark: not detected (best agreement {w.get('bits_agreeing', 0)}/48"
               + (f"; threshold {w['threshold_bits']}" if w.get("threshold_bits") else "") + ")")
+    if "rivagan" in w:
+        r = w["rivagan"]
+        print(f"RivaGAN layer: {'detected' if r['detected'] else 'not detected'} ({r['bits_agreeing']}/32 bits; threshold {r['threshold_bits']})")
     if c["state"] == "absent":
         print("C2PA: absent (no content credentials)")
     else:
