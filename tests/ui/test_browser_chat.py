@@ -176,3 +176,22 @@ def test_a_browser_that_leaves_mid_turn_finds_the_result_later(browser, chat_ser
         _shot(page, "09-result-after-disconnect")
     finally:
         second.close()
+
+
+def test_chat_settings_change_the_engine_steps(page, chat_server):
+    _open_chat(page, chat_server)
+    page.locator("#chat-settings-open-modal").click()
+    thumb = page.locator("[role='slider']").first  # "Steps (quality)", starts at the profile's 2
+    thumb.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    _shot(page, "10-chat-settings")
+    page.locator("#confirm").click()
+    page.wait_for_timeout(500)
+    _send(page, "/generate a paper boat")
+    _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    page.locator("[id^='step-']", has_text="generate_image").first.click()
+    page.get_by_text("Steps: 5").first.wait_for()  # 2 (tiny profile) + 3 from the settings
+    page.wait_for_timeout(800)
+    _shot(page, "11-settings-applied")

@@ -205,8 +205,8 @@ def test_tool_output_shows_refs_size_and_every_check():
         "drift": {"global_shift_px": 1.5, "shift_x_px": 1.2, "shift_y_px": 0.9, "outside_change": 0.0123},
         "note": "face 1 still drifts",
     }
-    out = render.tool_output(result)
-    assert "`img_0123456789ab`" in out and "64x48" in out and "**Seed:** 7" in out
+    out = render.tool_output(result, denoising_steps=5)
+    assert "`img_0123456789ab`" in out and "64x48" in out and "**Seed:** 7" in out and "**Steps:** 5" in out
     assert "face 0: identity distance 0.310 (same person)" in out
     assert "face 1: identity distance 0.720 (DRIFTED)" in out
     assert "face 2: lost" in out

@@ -14,6 +14,8 @@ import hmac
 import json
 import logging
 import os
+import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ DB_PATH = APP_DIR / "threads.sqlite"
 FILES_DIR = APP_DIR / "files"
 TEXTS = render.texts()
 LOCAL_USER = "local"
+PROGRESS_INTERVAL_S = 0.25  # at most four progress updates a second per step (each is persisted)
 
 
 # -- Chainlit configuration (the generated config.toml holds Chainlit's defaults) -------------
@@ -55,6 +58,11 @@ def configure_chainlit() -> None:
         upload.max_size_mb = max(1, PROFILE.limits.max_upload_bytes // (1024 * 1024))
     cl_config.features.edit_message = False  # a sent turn is history; edit by asking again
     cl_config.project.session_timeout = 3600  # a dropped browser keeps its turn running this long
+    public = Path(cl_config.root) / "public"
+    public.mkdir(parents=True, exist_ok=True)
+    css = (resources.files("ui.chat_app") / "atelier.css").read_text(encoding="utf-8")
+    (public / "atelier.css").write_text(css, encoding="utf-8")
+    cl_config.ui.custom_css = "/public/atelier.css"
 
 
 configure_chainlit()
@@ -211,6 +219,8 @@ class TurnView:
         running = local_steps.get() or []
         self.parent_id: str | None = running[-1].id if running else None
         self.steps: dict[str, cl.Step] = {}
+        self._progress_at: dict[str, float] = {}  # call id -> when its step last showed progress
+        self._denoising_total: dict[str, int] = {}  # call id -> denoising steps of its run
         self.images: list[dict[str, Any]] = []
         self.answer: str = ""
         self.consent: dict[str, Any] | None = None
@@ -229,7 +239,12 @@ class TurnView:
             self.steps[data.get("call_id") or str(len(self.steps))] = step
         elif kind == "progress":
             step = self.steps.get(data.get("call_id"))
-            if step is not None:
+            self._denoising_total[data.get("call_id")] = int(data.get("total") or 0)
+            now = time.monotonic()
+            last = self._progress_at.get(data.get("call_id"), 0.0)
+            final = data.get("step", 0) >= data.get("total", 1)
+            if step is not None and (final or now - last >= PROGRESS_INTERVAL_S):
+                self._progress_at[data.get("call_id")] = now
                 step.output = render.progress_line(data.get("step", 0), data.get("total", 1))
                 await step.update()
         elif kind == "tool_end":
@@ -239,7 +254,7 @@ class TurnView:
                                parent_id=self.parent_id)
                 step.input = render.tool_input(data.get("args") or {})
                 await step.send()
-            step.output = render.tool_output(data.get("result"))
+            step.output = render.tool_output(data.get("result"), self._denoising_total.get(data.get("call_id")))
             step.end = utc_now()
             result = data.get("result") or {}
             if isinstance(result, dict) and (result.get("ok") is False or result.get("error")):

@@ -79,8 +79,9 @@ def result_checks(result: Any) -> list[str]:
     return lines
 
 
-def tool_output(result: Any) -> str:
-    """A finished tool step's output: the refs it made, size, seeds, then the checks."""
+def tool_output(result: Any, denoising_steps: int | None = None) -> str:
+    """A finished tool step's output: the refs it made, size, seeds, the denoising steps it ran
+    (from its progress events), then the checks."""
     r = _as_dict(result)
     if not r:
         return "done"
@@ -97,6 +98,8 @@ def tool_output(result: Any) -> str:
         facts.append(f"**Size:** {w}x{h}")
     if r.get("seeds"):
         facts.append("**Seed:** " + ", ".join(str(s) for s in r["seeds"]))
+    if denoising_steps:
+        facts.append(f"**Steps:** {denoising_steps}")
     parts = [" · ".join(facts)] if facts else []
     checks = result_checks(r)
     if checks:
