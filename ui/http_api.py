@@ -8,7 +8,8 @@ Atelier as a "model". The rules it follows (also in the README):
   server is for local use and everyone is user `local`.
 - **Threads.** A conversation maps to one Atelier thread. An explicit id wins
   (`metadata.thread_id` in the body, the `X-Atelier-Thread` header, or the `X-OpenWebUI-Chat-Id`
-  header Open WebUI forwards when `ENABLE_FORWARD_USER_INFO_HEADERS=true`); otherwise the id is derived
+  header Open WebUI forwards when `ENABLE_FORWARD_USER_INFO_HEADERS=true`; with keys configured it
+  becomes `<user id>/<thread id>`, so one key never reaches another's thread); otherwise the id is derived
   from the user id, the request's `user` field and the first user message of the conversation,
   which chat apps resend unchanged with every turn: `oai-` + sha256(...)[:24]. Only the last user
   message of a request is new; the earlier ones are already in the thread.
@@ -226,7 +227,8 @@ class ChatAdapter:
             explicit = str(explicit)
             if not (0 < len(explicit) <= 200) or not explicit.isprintable():
                 raise ApiError(400, "thread_id must be 1-200 printable characters", param="metadata.thread_id")
-            return explicit
+            # with keys, a named thread lives in the key's own namespace: nobody reaches another's thread
+            return f"{user_id}/{explicit}" if self.options.api_keys else explicit
         first = next(m for m in body.messages if m.role == "user") if any(
             m.role == "user" for m in body.messages) else body.messages[0]
         seed = json.dumps([user_id, body.user or "", _fingerprint(first)], ensure_ascii=False)

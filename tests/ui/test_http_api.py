@@ -22,6 +22,7 @@ from ui.http_api import ServerOptions, create_app, load_api_keys
 
 KEY_ALICE = "sk-test-alice-0123456789"
 KEY_BURST = "sk-test-burst-0123456789"
+KEY_BOB = "sk-test-bob-0123456789"
 
 
 def _free_port() -> int:
@@ -71,7 +72,7 @@ def local(tmp_path_factory):
 def keyed(tmp_path_factory):
     """Keys configured; the `burst` user gets a tiny rate limit through the profile."""
     atelier = _atelier(tmp_path_factory.mktemp("http-keyed"), "2/minute")
-    keys = load_api_keys(spec=f"{KEY_ALICE}=alice,{KEY_BURST}=burst")
+    keys = load_api_keys(spec=f"{KEY_ALICE}=alice,{KEY_BURST}=burst,{KEY_BOB}=bob")
     with LoopbackServer(create_app(atelier, ServerOptions(api_keys=keys))) as server:
         server.atelier = atelier
         yield server
@@ -399,3 +400,11 @@ def test_api_keys_from_a_file_and_the_environment_form(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(BadConfigError, match="must map keys"):
         load_api_keys(path)
+
+
+def test_with_keys_a_named_thread_belongs_to_the_keys_user(keyed):
+    resp = _client(keyed, KEY_BOB).chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a red door"}],
+        metadata={"thread_id": "shared-name"})
+    assert resp.model_extra["atelier"]["thread_id"] == "bob/shared-name"
+    assert keyed.atelier.session("shared-name").history() == []  # the bare name is someone else's
