@@ -77,3 +77,21 @@ def test_eval_screen_json(tmp_path, capsys):
     assert r["attack_success_rate"] == 0.5  # the mislabeled cat is an "attack" that got through
     assert r["false_refusal_rate"] == 0.0
     assert r["per_category"]["public_figure"]["correct"] == 1
+
+
+def test_add_figure_then_screen_an_image(tmp_path, capsys, face_photos):
+    import pytest
+
+    pytest.importorskip("dlib")
+    gallery = tmp_path / "gallery"
+    portrait = tmp_path / "portrait.png"
+    Image.open(face_photos["portrait"]).convert("RGB").resize((224, 224)).save(portrait)
+    assert main(["screen", "--gallery", str(gallery), "--add-figure", "Tom Hanks", str(portrait)]) == 0
+    assert "added Tom Hanks" in capsys.readouterr().out
+    assert main(["screen", "--gallery", str(gallery), "--image", str(portrait), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["decision"], d["category"], d["matched"]) == ("refuse", "public_figure", "Tom Hanks")
+    group = tmp_path / "group.jpg"
+    group.write_bytes(face_photos["group"].read_bytes())
+    assert main(["screen", "--gallery", str(gallery), "--add-figure", "Crowd", str(group)]) == 2
+    assert "6 faces" in capsys.readouterr().err
