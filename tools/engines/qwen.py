@@ -98,7 +98,16 @@ class DiffusersQwenEngine(ImageEngine):
         self._loaded_loras: set[int] = set()
 
     # -- building ---------------------------------------------------------------------------
+    def _check_device(self) -> None:
+        device = self.settings.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(
+                f"{self._describe()} runs the image engine on {device}, but no CUDA GPU is available here; "
+                "use a GPU machine or --set engine.device=cpu"
+            )
+
     def _random_components(self) -> dict[str, Any]:
+        self._check_device()
         if self._components is None:
             from tools.engines import tiny
 
@@ -124,15 +133,17 @@ class DiffusersQwenEngine(ImageEngine):
     def _from_pretrained(self, cls, repo: str | None, **shared):
         if not repo:
             raise ModelUnavailableError(f"{self._describe()}: no model named (set engine.generate_model)")
+        self._check_device()
         kwargs = dict(dtype=self.dtype, **shared)
         if _offline():
             kwargs["local_files_only"] = True
         try:
             return cls.from_pretrained(repo, **kwargs)
         except (OSError, ValueError) as err:  # missing files, gated repo, no network, not a pipeline folder
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = text.split(". ")[0].rstrip(".")
             raise ModelUnavailableError(
-                f"{self._describe()}: the weights of {repo} are not available on this machine ({first[:200]}); "
+                f"{self._describe()}: the weights of {repo} are not available on this machine ({first[:160]}); "
                 f"download them (`hf download {repo}`) or point the profile at a local folder"
             ) from None
 

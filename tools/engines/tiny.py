@@ -102,12 +102,9 @@ def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
     tokenizer = build_tokenizer()
     ids = _token_ids(tokenizer)
     if full:
-        # The published configs of Qwen/Qwen-Image (transformer 20B, VAE, Qwen2.5-VL-7B).
-        transformer_kw = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
-                              num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
-                              axes_dims_rope=(16, 56, 56))
-        vae_kw = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                      temperal_downsample=[False, True, True])
+        # The published configs of Qwen/Qwen-Image: diffusers' class defaults are the released
+        # transformer (20.4B) and VAE; the text encoder is Qwen2.5-VL-7B's (minus the big vocabulary).
+        transformer_kw, vae_kw = {}, {}
         text_kw = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                        num_key_value_heads=4, rope_scaling={"mrope_section": [16, 24, 24], "rope_type": "default",
                                                             "type": "default"}, rope_theta=1000000.0)
@@ -124,11 +121,12 @@ def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
                                                             "type": "default"}, rope_theta=1000000.0)
         vision_kw = dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
         hidden = 16
-    z_dim = vae_kw["z_dim"]
+    if not full:
+        vae_kw.update(latents_mean=[0.0] * vae_kw["z_dim"], latents_std=[1.0] * vae_kw["z_dim"])
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(**transformer_kw)
     torch.manual_seed(seed)
-    vae = AutoencoderKLQwenImage(latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim, **vae_kw)
+    vae = AutoencoderKLQwenImage(**vae_kw)
     torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(
         text_config={**text_kw, "vocab_size": _vocab_size(tokenizer), **_special_ids(tokenizer)},
@@ -159,13 +157,10 @@ def qwen_image_21_components(full: bool = False, seed: int = 0) -> dict:
     tokenizer = build_tokenizer()
     ids = _token_ids(tokenizer)
     if full:
-        # Full-size shapes in the spirit of Qwen-Image 2.1 (Qwen3-VL-8B encoder); weights random.
+        # Qwen-Image 2.1: diffusers' class defaults are the released transformer and VAE; the text
+        # encoder has Qwen3-VL-8B's shapes (minus the big vocabulary).
         z_dim, text_hidden = 64, 4096
-        transformer_kw = dict(patch_size=1, in_channels=z_dim, out_channels=z_dim, num_layers=48,
-                              attention_head_dim=128, num_attention_heads=24, context_in_dim=text_hidden,
-                              mlp_ratio=4, axes_dims_rope=(32, 48, 48))
-        vae_kw = dict(base_dim=96, decoder_base_dim=96, dim_mult=[1, 2, 4, 4, 4], num_res_blocks=2,
-                      temperal_downsample=[False, True, True, True])
+        transformer_kw, vae_kw = {}, {}
         text_kw = dict(hidden_size=text_hidden, intermediate_size=12288, num_hidden_layers=36,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
@@ -189,7 +184,9 @@ def qwen_image_21_components(full: bool = False, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     transformer = QwenImage21Transformer2DModel(**transformer_kw)
     torch.manual_seed(seed)
-    vae = AutoencoderKLQwenImage21(z_dim=z_dim, latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim, **vae_kw)
+    if not full:
+        vae_kw.update(z_dim=z_dim, latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+    vae = AutoencoderKLQwenImage21(**vae_kw)
     torch.manual_seed(seed)
     config = Qwen3VLConfig(
         text_config={**text_kw, "vocab_size": _vocab_size(tokenizer), **_special_ids(tokenizer)},
