@@ -214,6 +214,9 @@ def test_tool_output_shows_refs_size_and_every_check():
     assert "face 1 still drifts" in out
     assert "drift: global shift 1.5 px, change outside the edit 0.0123" in out
     assert "shift_x" not in out and "shift x" not in out
+    assert "safety: allowed" not in out  # the agent's own safety record is shown instead
+    plain = render.tool_output({"tool": "generate_image", "images": ["img_0123456789ab"], "watermark_ids": ["w1"]})
+    assert "safety: allowed (request, tool call and result screened)" in plain
 
 
 def test_tool_output_of_a_failure_and_of_a_revert():

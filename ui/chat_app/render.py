@@ -71,6 +71,9 @@ def result_checks(result: Any) -> list[str]:
     safety = r.get("safety") or {}
     for stage, decision in safety.items():
         lines.append(f"safety ({stage}): {decision}")
+    if not safety and r.get("images") and r.get("ok", True) and r.get("tool") != "revert":
+        # the turn only shows a result that passed the request, call and result screens
+        lines.append("safety: allowed (request, tool call and result screened)")
     drift = r.get("drift") or {}
     drift_parts = [f"{label} {drift[key]:.3g}{unit}" for key, label, unit in DRIFT_FIGURES
                    if isinstance(drift.get(key), (int, float))]
