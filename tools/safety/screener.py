@@ -406,9 +406,16 @@ class PromptScreener:
 
 
 def _first_letters_agree(a: str, b: str) -> bool:
-    """Misspellings keep the first letter of each name part ("Scarlet Johanson"); this guard stops
-    ordinary words that happen to be close ("mill gates") from matching a name."""
+    """Guard for fuzzy name matches: misspellings keep each name part recognisable ("Scarlet
+    Johanson", "Selena Gomes"), while ordinary words that happen to be close ("hair styles",
+    "time cook", "mill gates") must not match. Every part must start with the same letter, short
+    parts (<= 3 letters) must be exact, and the others must be close on their own."""
     wa, wb = a.split(), b.split()
-    return len(wa) == len(wb) and all(x[0] == y[0] for x, y in zip(wa, wb)) and sum(x == y for x, y in zip(wa, wb)) >= 1 or (
-        len(wa) == len(wb) and all(x[0] == y[0] for x, y in zip(wa, wb)) and fuzz.ratio(a, b) >= 90
-    )
+    if len(wa) != len(wb):
+        return False
+    for x, y in zip(wa, wb):
+        if x == y:
+            continue
+        if x[0] != y[0] or len(y) <= 3 or fuzz.ratio(x, y) < 80:
+            return False
+    return True
