@@ -8,6 +8,7 @@ plain metadata saying it was made by a generative model.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import secrets
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from tools.provenance.credentials import build_manifest, ensure_dev_credentials,
 from tools.provenance.registry import WatermarkRegistry
 from tools.settings import ProvenanceSettings, default_data_root
 
-__all__ = ["Sealer", "SealedImage", "verify_bytes", "WatermarkRegistry", "default_key_dir"]
+__all__ = [
+    "Sealer", "SealedImage", "WatermarkRegistry", "default_key_dir", "detect_watermark", "ensure_dev_credentials",
+    "verify_bytes",
+]
 
 SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia")
 
@@ -102,8 +106,6 @@ class Sealer:
             )
             data = sign_png(data, manifest, self._signer, parent=parent)
         if wm_id:
-            import hashlib
-
             self.registry.add(
                 wm_id, action=action, sha256=hashlib.sha256(data).hexdigest(),
                 parent_sha256=hashlib.sha256(parent).hexdigest() if parent else None,
