@@ -79,6 +79,9 @@ class ToolContext:
         return self.analyzer
 
 
+# Identity checks run on images at most this large (longest side, pixels).
+IDENTITY_MAX_SIDE = 1024
+
 _ANALYZERS: dict[str, FaceAnalyzer] = {}
 _ANALYZERS_LOCK = threading.Lock()
 
@@ -177,6 +180,13 @@ def _gated(
     runs the profile's full steps. Returns the best attempt and how many were made.
     """
     analyzer = ctx.get_analyzer() if check_identity else None
+    if analyzer is not None and max(source.size) > IDENTITY_MAX_SIDE:
+        # Faces are compared at a bounded size: a 12 MP upload would make every check take seconds.
+        factor = IDENTITY_MAX_SIDE / max(source.size)
+        size = (max(1, round(source.width * factor)), max(1, round(source.height * factor)))
+        source = source.resize(size, Image.LANCZOS)
+        full_align = align
+        align = lambda image: full_align(image).resize(size, Image.LANCZOS)  # noqa: E731
     source_faces = analyzer.faces(source) if analyzer is not None and analyzer.enabled else []
     max_attempts = max(1, ctx.identity.max_attempts) if source_faces else 1
     best: Attempt | None = None
@@ -226,6 +236,8 @@ def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
     references = [_load(ctx, ref) for ref in args.references]
     clauses = load_prompts("edit")
     instruction = args.instruction.strip()
+    for index in range(2, len(references) + 2):  # the pipelines label inputs "Picture 1", "Picture 2"...
+        instruction += " " + clauses["references"].format(index=index)
     if args.region:
         instruction += " " + clauses["region"].format(region=args.region)
     if args.preserve_identity:
@@ -235,7 +247,7 @@ def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
 
     def render(seed: int, few_step: bool) -> Image.Image:
         return engine.edit(instruction, [source, *references], seed=seed, width=width, height=height,
-                           progress=ctx.progress, few_step=few_step)
+                           progress=ctx.progress, negative_prompt=clauses["negative"], few_step=few_step)
 
     align = _resize_to(source.size)
     attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=args.preserve_identity)
@@ -280,7 +292,7 @@ def relight_image(ctx: ToolContext, args: RelightImage) -> ToolOutcome:
 
     def render(seed: int, few_step: bool) -> Image.Image:
         return engine.edit(prompt, [source], seed=seed, width=width, height=height, progress=ctx.progress,
-                           negative_prompt=None, adapters=adapters, few_step=few_step)
+                           negative_prompt=load_prompts("relight")["negative"], adapters=adapters, few_step=few_step)
 
     align = _resize_to(source.size)
     attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=True)

@@ -83,7 +83,7 @@ def test_edit_with_references_stages_an_edited_child(ctx, photo, store):
     assert staged.parent == photo and staged.origin == "edited"
     assert staged.source_refs == [photo, ref]
     assert out.result.size == ctx.get_engine().edit_size(64, 48)
-    assert "the neck" in staged.metadata["instruction"]
+    assert "the neck" in staged.metadata["instruction"] and "picture 2" in staged.metadata["instruction"]
     version = commit(ctx, staged)
     assert store.lineage(version.ref)[0].ref == photo
     assert version.ref in [v.ref for v in store.children(photo, SESSION)]

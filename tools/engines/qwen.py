@@ -296,7 +296,7 @@ class DiffusersQwenEngine(ImageEngine):
                           num_images_per_prompt=count, generator=self._generators(seed, count),
                           callback_on_step_end=self._callback(progress, n_steps))
             cfg = 1.0 if adapters else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
-            if negative_prompt or cfg > 1:
+            if cfg > 1:  # true CFG needs a negative prompt (a blank one is the model card's default)
                 kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
             else:
                 kwargs.update(true_cfg_scale=1.0)
@@ -319,7 +319,7 @@ class DiffusersQwenEngine(ImageEngine):
                           num_inference_steps=n_steps, generator=self._generators(seed, 1)[0],
                           callback_on_step_end=self._callback(progress, n_steps))
             cfg = 1.0 if lightning else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
-            if negative_prompt or cfg > 1:
+            if cfg > 1:  # true CFG needs a negative prompt (a blank one is the model card's default)
                 kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
             else:
                 kwargs.update(true_cfg_scale=1.0)
