@@ -17,10 +17,9 @@ import os
 import threading
 import types
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from PIL import Image
 
 from tools.engines.base import ImageEngine, Progress
 from tools.errors import CancelledError, EngineError, ModelUnavailableError
