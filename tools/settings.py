@@ -26,6 +26,9 @@ class LoraSpec(BaseModel):
     role: Literal["lightning", "relight", "angles", "style"] = "style"
     scale: float = 1.0
     steps: int | None = None  # for `lightning`: the few-step count it is trained for
+    # Which pipeline of the family it belongs to (qwen-image has two; 2.1 one model for both).
+    # `relight` and `angles` LoRAs are edit LoRAs whatever this says.
+    pipeline: Literal["generate", "edit", "both"] = "both"
 
 
 class EngineSettings(BaseModel):
