@@ -15,8 +15,8 @@ FAMILIES = ["qwen-image", "qwen-image-2.1"]
 
 
 def tiny(family: str, **kw) -> EngineSettings:
-    return EngineSettings(family=family, source="random", steps=2, edit_condition_area=1024,
-                          edit_vae_area=4096, **kw)
+    settings = dict(family=family, source="random", steps=2, edit_condition_area=1024, edit_vae_area=4096)
+    return EngineSettings(**{**settings, **kw})
 
 
 def noise(width: int, height: int, seed: int) -> Image.Image:
@@ -147,3 +147,27 @@ def test_out_of_memory_becomes_an_engine_error(monkeypatch):
     monkeypatch.setattr(engine, "generate_pipeline", lambda: exhausted)
     with pytest.raises(EngineError, match="out of memory for a 4096x4096 image"):
         engine.generate("x", width=4096, height=4096, seed=0)
+
+
+def test_loras_belong_to_their_pipeline_and_lightning_sets_few_steps(tmp_path):
+    from tools.settings import LoraSpec
+
+    loras = [
+        LoraSpec(name="fast-t2i", repo=str(tmp_path / "t2i"), role="lightning", steps=8, pipeline="generate"),
+        LoraSpec(name="fast-edit", repo=str(tmp_path / "edit"), role="lightning", steps=4, pipeline="edit"),
+        LoraSpec(name="relight", repo=str(tmp_path / "relight"), role="relight"),
+        LoraSpec(name="angles", repo=str(tmp_path / "angles"), role="angles"),
+    ]
+    engine = get_engine(tiny("qwen-image", loras=loras, steps=40))
+    assert [s.name for s in engine.loras_for("generate")] == ["fast-t2i"]
+    assert [s.name for s in engine.loras_for("edit")] == ["fast-edit", "relight", "angles"]
+    assert engine.adapter_names("angles") == ["angles"]
+    assert engine._steps(None, True, "edit") == (4, ["fast-edit"])
+    assert engine._steps(None, True, "generate") == (8, ["fast-t2i"])
+    assert engine._steps(None, False, "edit") == (40, [])  # the identity gate's last retry: full steps
+    # 2.1 is one model: every LoRA applies to it
+    engine_21 = get_engine(tiny("qwen-image-2.1", loras=loras))
+    assert len(engine_21.loras_for("generate")) == 4
+    # LoRAs that cannot be loaded (no peft, or no files) are a clear error, not a crash
+    with pytest.raises(ModelUnavailableError, match="LoRA|peft"):
+        engine.generate_pipeline()

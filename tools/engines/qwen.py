@@ -93,8 +93,7 @@ class DiffusersQwenEngine(ImageEngine):
         self._components: dict[str, Any] | None = None
         self._generate_pipe = None
         self._edit_pipe = None
-        self._lora_roles: dict[str, list[LoraSpec]] = {}
-        self._loaded_loras: set[int] = set()
+        self._loaded_loras: set[int] = set()  # ids of the pipelines whose LoRAs are loaded
 
     # -- building ---------------------------------------------------------------------------
     def _check_device(self) -> None:
@@ -146,7 +145,7 @@ class DiffusersQwenEngine(ImageEngine):
                 f"download them (`hf download {repo}`) or point the profile at a local folder"
             ) from None
 
-    def _prepare(self, pipe):
+    def _prepare(self, pipe, kind: str):
         pipe.set_progress_bar_config(disable=True)
         if self.settings.source == "random-full" or self.settings.source == "random":
             if not self.settings.cpu_offload:
@@ -157,12 +156,23 @@ class DiffusersQwenEngine(ImageEngine):
             pipe.to(self.settings.device)
         if self.settings.compile:
             pipe.transformer.compile()
-        self._load_loras(pipe)
+        self._load_loras(pipe, kind)
         return pipe
 
-    def _load_loras(self, pipe) -> None:
-        """Load every LoRA of the profile once per pipeline; they start disabled (weight 0)."""
-        if not self.settings.loras or id(pipe) in self._loaded_loras:
+    def loras_for(self, kind: str) -> list[LoraSpec]:
+        """The profile's LoRAs that belong to the `generate` or the `edit` pipeline."""
+        if self.settings.family == "qwen-image-2.1":
+            return list(self.settings.loras)  # one model generates and edits
+
+        def target(spec: LoraSpec) -> str:
+            return "edit" if spec.role in ("relight", "angles") else spec.pipeline
+
+        return [spec for spec in self.settings.loras if target(spec) in (kind, "both")]
+
+    def _load_loras(self, pipe, kind: str) -> None:
+        """Load the pipeline's LoRAs once; which are active is set per call (`_set_adapters`)."""
+        specs = self.loras_for(kind)
+        if not specs or id(pipe) in self._loaded_loras:
             return
         try:
             import peft  # noqa: F401
@@ -170,14 +180,13 @@ class DiffusersQwenEngine(ImageEngine):
             raise ModelUnavailableError(
                 f"{self._describe()} lists LoRAs but `peft` is not installed (pip install 'qwen-atelier[gpu]')"
             ) from None
-        for spec in self.settings.loras:
+        for spec in specs:
             try:
                 pipe.load_lora_weights(spec.repo, weight_name=spec.weight_name, adapter_name=spec.name)
             except (OSError, ValueError) as err:
                 raise ModelUnavailableError(
                     f"{self._describe()}: LoRA {spec.name} ({spec.repo}) is not available ({str(err)[:160]})"
                 ) from None
-            self._lora_roles.setdefault(spec.role, []).append(spec)
         self._loaded_loras.add(id(pipe))
 
     def generate_pipeline(self):
@@ -193,7 +202,7 @@ class DiffusersQwenEngine(ImageEngine):
                         pipe = QwenImagePipeline(**comps)
                 else:
                     pipe = self._pipeline_21()
-                self._generate_pipe = self._prepare(pipe) if pipe is not self._edit_pipe else pipe
+                self._generate_pipe = self._prepare(pipe, "generate") if pipe is not self._edit_pipe else pipe
             return self._generate_pipe
 
     def edit_pipeline(self):
@@ -210,7 +219,7 @@ class DiffusersQwenEngine(ImageEngine):
                         pipe = cls(**self._random_components())
                     pipe.condition_image_area = self.edit_condition_area()
                     pipe.vae_image_area = self.edit_vae_area()
-                    self._edit_pipe = self._prepare(pipe)
+                    self._edit_pipe = self._prepare(pipe, "edit")
                 else:
                     self._edit_pipe = self.generate_pipeline()
             return self._edit_pipe
@@ -225,17 +234,17 @@ class DiffusersQwenEngine(ImageEngine):
         return QwenImage21Pipeline(**self._random_components())
 
     # -- running ----------------------------------------------------------------------------
-    def _steps(self, steps: int | None, few_step: bool) -> tuple[int, list[str]]:
+    def _steps(self, steps: int | None, few_step: bool, kind: str) -> tuple[int, list[str]]:
         """Steps and active adapters: the Lightning LoRA (if any) sets a few-step count."""
-        lightning = self._lora_roles.get("lightning", [])
+        lightning = [s for s in self.loras_for(kind) if s.role == "lightning"]
         if few_step and lightning:
             return (steps or lightning[0].steps or self.settings.steps), [s.name for s in lightning]
         return steps or self.settings.steps, []
 
-    def _set_adapters(self, pipe, names: list[str]) -> None:
-        if not self._lora_roles:
+    def _set_adapters(self, pipe, names: list[str], kind: str) -> None:
+        specs = {s.name: s for s in self.loras_for(kind)}
+        if not specs:
             return
-        specs = {s.name: s for role in self._lora_roles.values() for s in role}
         style = [s.name for s in specs.values() if s.role == "style"]
         active = list(dict.fromkeys([*names, *style]))
         if active:
@@ -289,8 +298,8 @@ class DiffusersQwenEngine(ImageEngine):
                  progress=None, few_step=True):
         pipe = self.generate_pipeline()
         with self._lock:
-            n_steps, adapters = self._steps(steps, few_step)
-            self._set_adapters(pipe, adapters)
+            n_steps, adapters = self._steps(steps, few_step, "generate")
+            self._set_adapters(pipe, adapters, "generate")
             kwargs = dict(prompt=prompt, width=width, height=height, num_inference_steps=n_steps,
                           num_images_per_prompt=count, generator=self._generators(seed, count),
                           callback_on_step_end=self._callback(progress, n_steps))
@@ -312,8 +321,8 @@ class DiffusersQwenEngine(ImageEngine):
         if width is None or height is None:
             width, height = self.edit_size(*images[0].size)
         with self._lock:
-            n_steps, lightning = self._steps(steps, few_step)
-            self._set_adapters(pipe, [*lightning, *adapters])
+            n_steps, lightning = self._steps(steps, few_step, "edit")
+            self._set_adapters(pipe, [*lightning, *adapters], "edit")
             kwargs = dict(prompt=instruction, image=list(images), width=width, height=height,
                           num_inference_steps=n_steps, generator=self._generators(seed, 1)[0],
                           callback_on_step_end=self._callback(progress, n_steps))
