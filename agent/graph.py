@@ -114,7 +114,8 @@ class Services:
     sealer: Any  # tools.provenance.Sealer
     audit: Any  # tools.safety.AuditLog
     tools: list[dict[str, Any]] = field(default_factory=tool_json_schemas)
-    # screen_tool_call(screener, name, args, *, store, consented) -> Decision; None: tools.safety's
+    analyzer: Any = None  # tools.identity.FaceAnalyzer: faces for identity checks and consent
+    # screen_tool_call(screener, name, args, *, store, consented, analyzer) -> Decision; None: tools.safety's
     screen_call: Callable[..., Any] | None = None
 
 
@@ -318,7 +319,8 @@ def build_graph(services: Services, checkpointer=None):
 
             services.screen_call = screen_tool_call
         decision = services.screen_call(services.prompt_screener, call["name"], args, store=store,
-                                        consented=list(state.get("consented") or []))
+                                        consented=list(state.get("consented") or []),
+                                        analyzer=services.analyzer)
         _audit(services, runtime, "tool_call", call=call, decision=_dump(decision))
         if decision.decision == "refuse":
             refused = {"category": decision.category, "reason": decision.reason}
@@ -338,7 +340,9 @@ def build_graph(services: Services, checkpointer=None):
         call = state["call"]
         matched = (state.get("decision") or {}).get("matched")
         people = [matched] if isinstance(matched, str) else list(matched or [])
-        question = say("consent_question", people=", ".join(people) or "an uploaded photo")
+        from tools.safety import consent_question
+
+        question = consent_question(people)
         approved = interrupt({"question": question, "people": people,
                               "call": {"name": call["name"], "args": call["args"]}})
         approved = approved.get("approved") if isinstance(approved, dict) else bool(approved)
@@ -367,7 +371,8 @@ def build_graph(services: Services, checkpointer=None):
 
         _emit("status", text=f"running {call['name']}")
         ctx = ToolContext(store=store, engine=services.profile.engine, identity=services.profile.identity,
-                          session=runtime.context.thread_id, progress=progress)
+                          session=runtime.context.thread_id, progress=progress, analyzer=services.analyzer,
+                          profile=services.profile.name)
         try:
             if cancel.is_set():
                 raise CancelledError("stopped by the user")

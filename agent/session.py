@@ -138,17 +138,20 @@ class Atelier:
     @property
     def services(self) -> Services:
         def make() -> Services:
+            from tools.identity import FaceAnalyzer
             from tools.provenance import Sealer
             from tools.safety import AuditLog, ImageScreener, PromptScreener
 
             profile = self.profile
             key_dir = profile.provenance.key_dir or str(Path(profile.store.root) / "keys")
+            analyzer = FaceAnalyzer(profile.identity)
             return Services(
                 profile=profile, store=self.store, planner=self.planner,
                 prompt_screener=PromptScreener(profile.safety),
-                image_screener=ImageScreener(profile.safety),
+                image_screener=ImageScreener(profile.safety, analyzer),
                 sealer=Sealer(profile.provenance, key_dir),
                 audit=AuditLog(profile.store.audit_url()),
+                analyzer=analyzer,
             )
 
         return self._once("services", make)

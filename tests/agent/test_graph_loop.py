@@ -36,7 +36,8 @@ def test_generate_stores_a_sealed_version_and_the_model_sees_the_result(make_app
     from tools.provenance import verify_bytes
 
     report = verify_bytes(app.store.read_bytes(image["ref"]))
-    assert report["watermark"]["detected"]
+    assert report["c2pa"]["present"] and report["c2pa"]["actions"] == ["c2pa.created"]
+    assert report["c2pa"]["soft_binding"] == version.metadata["watermark_id"]
 
 
 def test_follow_up_edits_the_current_image_with_a_parent_link(make_app):
