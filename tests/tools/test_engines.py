@@ -171,3 +171,18 @@ def test_loras_belong_to_their_pipeline_and_lightning_sets_few_steps(tmp_path):
     # LoRAs that cannot be loaded (no peft, or no files) are a clear error, not a crash
     with pytest.raises(ModelUnavailableError, match="LoRA|peft"):
         engine.generate_pipeline()
+
+
+def test_bench_prints_step_tool_and_memory_figures():
+    import io
+
+    from agent.config import load_profile
+    from tools.engine_bench import run
+
+    buf = io.StringIO()
+    figures = run(load_profile("tiny"), repeats=1, tools=("adjust_image", "revert"), out=buf)
+    text = buf.getvalue()
+    assert "denoising step (64x64): median" in text
+    assert "adjust_image    end to end" in text and "revert" in text
+    assert "peak RSS" in text
+    assert figures["step_s"] > 0 and set(figures["tools"]) == {"adjust_image", "revert"}
