@@ -180,6 +180,7 @@ def _gated(
     runs the profile's full steps. Returns the best attempt and how many were made.
     """
     analyzer = ctx.get_analyzer() if check_identity else None
+    factor = 1.0
     if analyzer is not None and max(source.size) > IDENTITY_MAX_SIDE:
         # Faces are compared at a bounded size: a 12 MP upload would make every check take seconds.
         factor = IDENTITY_MAX_SIDE / max(source.size)
@@ -194,6 +195,9 @@ def _gated(
         few_step = not (k == max_attempts and k > 1)
         image = render(seed + k - 1, few_step)
         checks = analyzer.compare(source, align(image), source_faces=source_faces) if source_faces else []
+        if factor != 1.0:  # report face boxes in the source image's own pixels
+            for check in checks:
+                check.box = tuple(round(v / factor) for v in check.box) if check.box else None
         attempt = Attempt(image=image, seed=seed + k - 1, few_step=few_step, faces=checks)
         if best is None or (attempt.kept, -attempt.worst) > (best.kept, -best.worst):
             best = attempt
