@@ -163,6 +163,9 @@ class AtelierMCP:
                 return await self._render(result, ctx, session)
             except AtelierError as err:
                 return _error(str(err))
+            except anyio.get_cancelled_exc_class():
+                session.cancel()  # the client cancelled the request: stop the engine at its next step
+                raise
 
         run.__name__ = name
         return run
