@@ -159,7 +159,7 @@ class AtelierMCP:
             args = {k: v for k, v in args.items() if v is not _UNSET}
             session = self.session_for(ctx)
             try:
-                result = await anyio.to_thread.run_sync(session.call_tool, name, args)
+                result = await anyio.to_thread.run_sync(session.call_tool, name, args, abandon_on_cancel=True)
                 return await self._render(result, ctx, session)
             except AtelierError as err:
                 return _error(str(err))
