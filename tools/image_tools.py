@@ -368,11 +368,14 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
 
     if args.aspect_ratio or zoom < 1.0:
         # Outpaint: pad to the new canvas (same aspect unless one is given) and fill the border.
-        aspect = args.aspect_ratio
-        if aspect:
-            canvas = engine.native_size(aspect)
+        # The canvas is the size the edit pipeline encodes its input at (VAE area, snapped), so the
+        # output grid lines up with the input latents (no Qwen-Image-Edit zoom/shift).
+        if args.aspect_ratio:
+            native_w, native_h = engine.native_size(args.aspect_ratio)
+            ratio = native_w / native_h
         else:
-            canvas = snap_dimensions(engine.edit_vae_area(), base.width / base.height, engine.multiple)
+            ratio = base.width / base.height
+        canvas = snap_dimensions(engine.edit_vae_area(), ratio, engine.multiple)
         padded, content = outpaint_canvas(base, canvas, min(zoom, 1.0), t["outpaint_fill"])
         keep = np.zeros((canvas[1], canvas[0]), dtype=bool)
         keep[content[1]:content[3], content[0]:content[2]] = True

@@ -106,7 +106,9 @@ def test_reframe_zoom_out_outpaints_around_the_untouched_original(ctx, photo, st
     out = run_tool(ctx, "reframe_image", {"image": photo, "aspect_ratio": "16:9", "zoom": 0.6})
     (staged,) = out.staged
     result, meta = store.load_staged(staged.staging_id)
-    assert result.size == ctx.get_engine().native_size("16:9") == out.result.size
+    engine = ctx.get_engine()
+    assert result.size == engine.edit_size(*engine.native_size("16:9")) == out.result.size
+    assert result.width > result.height
     left, top, right, bottom = meta["content_box"]
     assert (right - left) < result.width * 0.7  # zoomed out: the original fills ~60% of the canvas
     # inside the mask the pixels are the (resized) original, exactly
