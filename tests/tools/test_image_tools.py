@@ -182,3 +182,22 @@ def test_progress_streams_steps_and_cancel_stops(ctx, photo):
     ctx.progress = stop
     with pytest.raises(CancelledError):
         run_tool(ctx, "generate_image", {"prompt": "x"})
+
+
+def test_drift_measures_a_global_shift_and_change_outside_the_mask():
+    from PIL import ImageFilter
+
+    from tools.drift import measure
+
+    rng = np.random.default_rng(1)
+    scene = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    shifted = Image.new("RGB", scene.size)
+    shifted.paste(scene, (6, -4))
+    figures = measure(scene, shifted)
+    assert abs(figures["shift_x_px"] - 6) < 0.5 and abs(figures["shift_y_px"] + 4) < 0.5
+    assert measure(scene, scene)["global_shift_px"] == 0
+    keep = np.zeros((120, 160), dtype=bool)
+    keep[:, :80] = True
+    half = np.asarray(scene).copy()
+    half[:, 80:] = 0  # change only outside the kept half
+    assert measure(scene, Image.fromarray(half), keep)["outside_change"] == 0
