@@ -206,6 +206,10 @@ def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str,
             break
 
 
+def _call_key(name: str, args: dict[str, Any]) -> str:
+    return name + json.dumps(args, sort_keys=True, ensure_ascii=False)
+
+
 def _summary(state: TurnState) -> str:
     parts = []
     for c in state.get("calls", []):
@@ -215,7 +219,7 @@ def _summary(state: TurnState) -> str:
             parts.append(f"{c['name']}: {made}")
         else:
             parts.append(f"{c['name']} failed: {result.get('error')}")
-    return "; ".join(parts) or "Nothing to do."
+    return "; ".join(parts) or say("no_answer")
 
 
 # -- the graph -----------------------------------------------------------------------------------
@@ -260,7 +264,7 @@ def build_graph(services: Services, checkpointer=None):
     def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         rounds = state.get("rounds", 0)
         if state.get("direct"):
-            answer = say("direct_done", summary=_summary(state))
+            answer = say("done_summary", summary=_summary(state))
             return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
         if rounds >= MAX_ROUNDS:
             answer = say("too_many_rounds", rounds=rounds)
@@ -290,19 +294,21 @@ def build_graph(services: Services, checkpointer=None):
             answer = say("repair_failed")
             return {"rounds": rounds + 1, "answer": answer,
                     "messages": [{"role": "assistant", "content": answer}]}
-        calls = [c.as_dict() for c in reply.tool_calls]
-        update: dict[str, Any] = {"rounds": rounds + 1,
-                                  "messages": [_assistant_message(reply.text, calls)]}
+        # a call that already succeeded this turn is not run again (small models repeat themselves)
+        done = {_call_key(c["name"], c["args"]) for c in state.get("calls", []) if (c.get("result") or {}).get("ok")}
+        calls = [c.as_dict() for c in reply.tool_calls if _call_key(c.name, c.args) not in done]
         if calls:
-            update["queue"] = calls
-        else:
-            update["answer"] = reply.text
-        return update
+            return {"rounds": rounds + 1, "queue": calls,
+                    "messages": [_assistant_message(reply.text, calls)]}
+        answer = reply.text.strip() or say("done_summary", summary=_summary(state))
+        return {"rounds": rounds + 1, "answer": answer, "messages": [{"role": "assistant", "content": answer}]}
 
     def after_plan(state: TurnState) -> Literal["plan", "screen_call", "__end__"]:
+        if state.get("queue"):
+            return "screen_call"
         if state.get("answer") or state.get("error"):
             return END
-        return "screen_call" if state.get("queue") else "plan"
+        return "plan"  # a repair request
 
     def screen_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         queue = list(state.get("queue") or [])

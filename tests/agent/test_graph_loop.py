@@ -114,3 +114,16 @@ def test_a_planner_failure_is_an_error_in_the_result_not_an_exception(make_app):
     result = app.session("t-boom").send("hello")
     assert result.error["code"] == "planner_error"
     assert "server went away" in result.answer
+
+
+def test_a_repeated_call_is_not_run_twice_and_an_empty_reply_ends_the_turn(make_app):
+    same = call("generate_image", prompt="a lighthouse", aspect_ratio="9:16")
+    planner = ScriptedModel([same, same, PlannerReply(text="")])
+    app = make_app(planner)
+    result = app.session("t-repeat").send("a lighthouse wallpaper")
+    assert len(planner.calls) == 2  # the repeat ended the turn; the empty reply was never needed
+    assert len(result.tool_calls) == 1 and len(result.images) == 1
+    assert result.images[0]["ref"] in result.answer  # a summary of what was done
+
+    empty = make_app(ScriptedModel([PlannerReply(text="")])).session("t-empty").send("hm")
+    assert empty.answer and empty.tool_calls == [] and empty.error is None
