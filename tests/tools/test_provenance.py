@@ -64,7 +64,7 @@ def test_ids_round_trip_through_bits():
 
 def test_dct_keeps_singular_values_so_skipping_it_is_exact():
     rng = np.random.default_rng(0)
-    blocks = rng.normal(100, 30, (50, 4, 4))
+    blocks = rng.normal(100, 30, (50, wm.BLOCK, wm.BLOCK))
     d = wm._dct_matrix()
     s_dct = np.linalg.svd(d @ blocks @ d.T, compute_uv=False)[:, 0]
     s0, _, _ = wm._top_singular(blocks)
