@@ -4,7 +4,7 @@ The texts live in `prompts/planner/` (`system.md`, `routing.md`, `examples.md`) 
 `importlib.resources`. The entry point, stable for the graph and the evals:
 
     build_messages(*, history, images, user_text, current=None, max_history=20,
-                   examples=True) -> list[dict]
+                   examples=True, transcript=True) -> list[dict]
 
 - `history`: the conversation so far, oldest first, as OpenAI-style dicts: `{"role": "user" |
   "assistant" | "tool", "content": str}`; assistant turns may carry `tool_calls` either OpenAI-style
@@ -22,9 +22,16 @@ The texts live in `prompts/planner/` (`system.md`, `routing.md`, `examples.md`) 
 - `max_history`: keep at most this many history messages (the oldest are dropped first; a dropped
   assistant tool call never leaves its tool result dangling).
 
-The result is `[system, *history, user]`, OpenAI-style; the images list is put at the start of
-the last user message (so the system prefix stays identical across turns and a backend's prompt
-cache can reuse it). Tool schemas are not part of the messages: the backend renders them
+- `transcript` (default True): earlier turns (everything before the last user message) are given
+  as a compact transcript inside that user message ("User: ...", "Assistant: ...", "Assistant
+  called <tool> {args}", "Tool result: ..."); a small planner then decides the new turn on its own
+  instead of imitating earlier replies. False keeps them as separate chat messages.
+
+The result is `[system, user, *current_turn]`: the last user message reads images list,
+transcript, `Message: <text>`, then the short reminder of `prompts/planner/reminder.md`; the
+current turn's assistant tool calls and tool results (after `user_text=None`) follow as real
+messages. The system message is identical across turns, so a backend's prompt cache can reuse it.
+Tool schemas are not part of the messages: the backend renders them
 (`tools.schemas.tool_json_schemas()`).
 """
 
@@ -37,8 +44,8 @@ from typing import Any, Iterable
 
 PROMPT_PACKAGE = "prompts.planner"
 _ORIGIN_WORDS = {
-    "upload": "uploaded",
-    "uploaded": "uploaded",
+    "upload": "uploaded original",
+    "uploaded": "uploaded original",
     "generated": "generated",
     "generate_image": "generated",
     "edited": "edited",
@@ -116,7 +123,7 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
         ref = _get(image, "ref")
         how = _origin_word(image)
         parent = _get(image, "parent")
-        head = f"#{n} {ref} ({how} from {parent})" if parent and how != "uploaded" else f"#{n} {ref} ({how})"
+        head = f"#{n} {ref} ({how} from {parent})" if parent and not how.startswith("uploaded") else f"#{n} {ref} ({how})"
         desc = describe_image(image)
         line = f"{head}: {desc}" if desc else head
         if ref == current:
@@ -180,6 +187,20 @@ def _trim(history: list[dict[str, Any]], max_history: int) -> list[dict[str, Any
     return kept
 
 
+def transcript_line(msg: dict[str, Any]) -> str:
+    """One earlier message as a line of the transcript the planner reads."""
+    role, text = msg["role"], " ".join(msg.get("content", "").split())
+    if role == "user":
+        return f"User: {text}"
+    if role == "tool":
+        return f"Tool result: {text}"
+    lines = [f"Assistant: {text}"] if text else []
+    for call in msg.get("tool_calls") or []:
+        fn = call["function"]
+        lines.append(f"Assistant called {fn['name']} {fn['arguments']}")
+    return "\n".join(lines) or "Assistant: (no reply)"
+
+
 def build_messages(
     *,
     history: Iterable[Any] = (),
@@ -188,18 +209,24 @@ def build_messages(
     current: str | None = None,
     max_history: int = 20,
     examples: bool = True,
+    transcript: bool = True,
 ) -> list[dict[str, Any]]:
     """The planner's messages for one model call (see the module docstring for the arguments)."""
     msgs = [m for m in (normalize_message(m) for m in history) if m is not None]
     msgs = _trim(msgs, max_history)
-    block = images_block(list(images), current)
     if user_text is not None:
-        msgs.append({"role": "user", "content": f"{block}\n\nMessage: {user_text.strip()}"})
-    else:
-        for i in range(len(msgs) - 1, -1, -1):
-            if msgs[i]["role"] == "user":
-                msgs[i] = {**msgs[i], "content": f"{block}\n\nMessage: {msgs[i]['content']}"}
-                break
-        else:
-            msgs.insert(0, {"role": "user", "content": block})
-    return [{"role": "system", "content": system_prompt(examples=examples)}, *msgs]
+        msgs.append({"role": "user", "content": user_text.strip()})
+    last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+    block = images_block(list(images), current)
+    if last_user is None:  # no user message at all: only the images block
+        return [{"role": "system", "content": system_prompt(examples=examples)},
+                {"role": "user", "content": block}, *msgs]
+    earlier, turn = msgs[:last_user], msgs[last_user + 1:]
+    parts = [block]
+    if transcript and earlier:
+        parts.append("Conversation so far:\n" + "\n".join(transcript_line(m) for m in earlier))
+    parts.append(f"Message: {msgs[last_user]['content']}")
+    parts.append(load_prompt("reminder.md"))
+    user = {"role": "user", "content": "\n\n".join(parts)}
+    body = [user, *turn] if transcript else [*earlier, user, *turn]
+    return [{"role": "system", "content": system_prompt(examples=examples)}, *body]

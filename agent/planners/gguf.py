@@ -116,9 +116,76 @@ def tool_signature(tool: dict[str, Any]) -> str:
         default = prop.get("default")
         if default not in (None, [], {}):
             text += f" = {_compact(default)}"
+        note = (prop.get("description") or "").strip()
+        if note and not str(prop.get("pattern", "")).startswith("^img_") and "img_" not in text:
+            text += f" ({note})"
         args.append(text)
     desc = (fn.get("description") or "").strip()
     return f"{fn['name']}({', '.join(args)})" + (f" - {desc}" if desc else "")
+
+
+_REF_RE = __import__("re").compile(r"\bimg_[0-9a-f]{8,64}\b")
+
+
+def _grammar_prop(prop: dict[str, Any], refs: list[str]) -> dict[str, Any]:
+    options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        prop = options[0]
+    if str(prop.get("pattern", "")).startswith("^img_"):
+        return {"enum": refs}
+    if "enum" in prop:
+        return {"enum": prop["enum"]}
+    kind = prop.get("type")
+    if kind == "array":
+        if prop.get("prefixItems"):
+            return {"type": "array", "prefixItems": [_grammar_prop(i, refs) for i in prop["prefixItems"]],
+                    "minItems": len(prop["prefixItems"]), "maxItems": len(prop["prefixItems"])}
+        out = {"type": "array", "items": _grammar_prop(prop.get("items") or {}, refs)}
+        if "maxItems" in prop:
+            out["maxItems"] = prop["maxItems"]
+        return out
+    if kind in ("string", "integer", "number", "boolean"):
+        return {"type": kind}
+    return {}
+
+
+def tool_call_schema(tools: list[dict[str, Any]], refs: list[str]) -> dict[str, Any]:
+    """JSON schema of one `{"name", "arguments"}` call: valid tool names and enums, image
+    arguments limited to the refs of this conversation (tools that need an image are left out
+    when there is none)."""
+    calls = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        params = fn.get("parameters") or {}
+        props = params.get("properties") or {}
+        required = list(params.get("required") or [])
+        needs_ref = any(_grammar_prop(props[r], ["x"]).get("enum") == ["x"] for r in required if r in props)
+        if needs_ref and not refs:
+            continue
+        args = {
+            "type": "object",
+            "properties": {k: _grammar_prop(v, refs) for k, v in props.items()
+                           if refs or _grammar_prop(v, ["x"]) != {"enum": ["x"]}
+                           and not (_grammar_prop(v, ["x"]).get("items") == {"enum": ["x"]})},
+            "required": required,
+            "additionalProperties": False,
+        }
+        calls.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": args},
+                      "required": ["name", "arguments"], "additionalProperties": False})
+    return {"oneOf": calls}
+
+
+def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str]) -> str:
+    """GBNF for a reply that is either plain text or one Qwen `<tool_call>` block whose JSON
+    follows `tool_call_schema` (so tool names, enums and refs are always valid)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    call = json_schema_to_gbnf(json.dumps(tool_call_schema(tools, refs)))
+    call = call.replace("root ::=", "call ::=", 1)
+    return (
+        'root ::= "<tool_call>\\n" call "\\n</tool_call>" | plain\n'
+        "plain ::= [^<\\n] [^<]*\n" + call
+    )
 
 
 def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, compact: bool = True) -> str:
@@ -177,6 +244,7 @@ class GGUFPlanner(ChatModel):
         self._root = root
         self._llm = None
         self.last_timing: dict[str, float] = {}
+        self._grammars: dict[tuple, str] = {}
 
     @property
     def llm(self):
@@ -259,6 +327,21 @@ class GGUFPlanner(ChatModel):
             pass  # a read-only data dir only costs speed
         print(f"atelier: planner prompt ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
+    def _grammar(self, messages, tools):
+        from llama_cpp import LlamaGrammar
+
+        refs: list[str] = []
+        for m in messages[1:]:
+            for ref in _REF_RE.findall(str(m.get("content") or "")):
+                if ref not in refs:
+                    refs.append(ref)
+        key = (json.dumps(tools, sort_keys=True), tuple(refs))
+        text = self._grammars.get(key)
+        if text is None:
+            text = tool_grammar_text(tools, refs)
+            self._grammars = {key: text}  # one conversation at a time: keep only the latest
+        return LlamaGrammar.from_string(text, verbose=False)
+
     def _chat_native(self, llm, messages, tools) -> PlannerReply:
         prompt = render_qwen(messages, tools)
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
@@ -272,8 +355,9 @@ class GGUFPlanner(ChatModel):
             raise ModelUnavailableError(
                 f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
             )
+        grammar = self._grammar(messages, tools) if getattr(self.settings, "grammar", True) else None
         out = llm.create_completion(
-            tokens, max_tokens=min(self.settings.max_tokens, budget),
+            tokens, max_tokens=min(self.settings.max_tokens, budget), grammar=grammar,
             temperature=self.settings.temperature, top_k=1 if self.settings.temperature == 0 else 40,
             stop=STOP,
         )

@@ -80,8 +80,9 @@ def test_render_qwen_template():
     tools_block = text.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
     assert [line.split("(")[0] for line in tools_block] == [
         "generate_image", "edit_image", "relight_image", "reframe_image", "adjust_image", "revert"]
-    assert tools_block[0].startswith('generate_image(prompt: string, aspect_ratio?: "1:1"|"16:9"|')
-    assert "count?: int 1..4 = 1" in tools_block[0]
+    assert tools_block[0].startswith('generate_image(prompt: string (What to draw, in detail), aspect_ratio?: "1:1"|"16:9"|')
+    assert "count?: int 1..4 = 1 (How many variations (1-4))" in tools_block[0]
+    assert "edit_image(image: img_ref, instruction: string" in tools_block[1]
     assert tools_block[5].startswith("revert(image: img_ref)")
     full = render_qwen(msgs, tool_json_schemas(), compact=False)
     full_block = full.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
@@ -97,6 +98,30 @@ def test_system_prefix_is_identical_across_turns():
                                    user_text="other"), tool_json_schemas())
     head = a.split("<|im_end|>")[0]
     assert b.startswith(head)  # llama.cpp reuses the evaluated prefix
+
+
+def test_call_schema_limits_names_enums_and_refs():
+    from agent.planners.gguf import tool_call_schema
+
+    schema = tool_call_schema(tool_json_schemas(), ["img_0123abcd", "img_4567abcd"])
+    by_name = {c["properties"]["name"]["const"]: c["properties"]["arguments"] for c in schema["oneOf"]}
+    assert set(by_name) == {"generate_image", "edit_image", "relight_image", "reframe_image", "adjust_image", "revert"}
+    assert by_name["revert"]["properties"]["image"] == {"enum": ["img_0123abcd", "img_4567abcd"]}
+    assert by_name["edit_image"]["properties"]["references"]["items"] == {"enum": ["img_0123abcd", "img_4567abcd"]}
+    assert "top-left" in by_name["relight_image"]["properties"]["direction"]["enum"]
+    assert by_name["adjust_image"]["properties"]["crop"]["minItems"] == 4
+    no_images = tool_call_schema(tool_json_schemas(), [])
+    assert [c["properties"]["name"]["const"] for c in no_images["oneOf"]] == ["generate_image"]
+
+
+def test_grammar_accepts_text_or_one_valid_call():
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python not installed")
+    from agent.planners.gguf import tool_grammar_text
+
+    text = tool_grammar_text(tool_json_schemas(), ["img_0123abcd"])
+    assert text.startswith('root ::= "<tool_call>\\n" call "\\n</tool_call>" | plain')
+    assert '"\\"img_0123abcd\\""' in text and "top-left" in text
+    llama_grammar.LlamaGrammar.from_string(text, verbose=False)  # parses
 
 
 def _real_planner():

@@ -56,7 +56,8 @@ def test_all_right_scores_100_percent_and_reports_latency():
     assert "img_8b934b23" in messages[-1]["content"] and "(current)" in messages[-1]["content"]
     assert {t["function"]["name"] for t in tools} >= {"generate_image", "revert"}
     hello_msgs = planner.seen[2][0]
-    assert [m["role"] for m in hello_msgs] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in hello_msgs] == ["system", "user"]
+    assert "Conversation so far:\nUser: hi\nAssistant: hello" in hello_msgs[1]["content"]
 
 
 def test_wrong_answers_are_counted_per_tool_with_reasons():

@@ -22,9 +22,10 @@ def test_refs_listed_with_origin_parent_and_current_marked():
     msgs = build_messages(history=[], images=IMAGES, user_text="try black leather")
     last = msgs[-1]
     assert last["role"] == "user"
-    assert last["content"].endswith("try black leather")
+    assert "Message: try black leather" in last["content"]
+    assert last["content"].endswith(load_prompt("reminder.md"))
     lines = [l for l in last["content"].splitlines() if l.startswith("#")]
-    assert lines[0].startswith("#1 img_aaaa0001 (uploaded)") and "red jacket" in lines[0]
+    assert lines[0].startswith("#1 img_aaaa0001 (uploaded original)") and "red jacket" in lines[0]
     assert "(current)" not in lines[0]
     assert lines[1].startswith("#2 img_aaaa0002 (edited from img_aaaa0001)") and lines[1].endswith("(current)")
 
@@ -38,7 +39,7 @@ def test_explicit_current_and_store_versions_described_from_tool_call():
                      tool_call={"name": "generate_image", "args": {"prompt": "a lighthouse at dusk"}}),
     ]
     lines = image_lines(versions, current="img_bbbb0001")
-    assert lines[0] == "#1 img_bbbb0001 (uploaded): file me.jpg (current)"
+    assert lines[0] == "#1 img_bbbb0001 (uploaded original): file me.jpg (current)"
     assert lines[1] == "#2 img_bbbb0002 (relit from img_bbbb0001): candlelight"
     assert lines[2] == "#3 img_bbbb0003 (generated): a lighthouse at dusk"
 
@@ -48,34 +49,56 @@ def test_no_images_is_said():
     assert "Images in this chat: none." in msgs[-1]["content"]
 
 
-def test_history_kept_in_order_and_normalized():
-    history = [
-        {"role": "system", "content": "old system, dropped"},
-        {"role": "user", "text": "make her jacket green"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "edit_image", "args": {"image": "img_aaaa0001", "instruction": "green jacket"}}]},
-        {"role": "tool", "tool_call_id": "c1", "name": "edit_image", "content": "new image(s): img_aaaa0002"},
-        {"role": "assistant", "content": "Done: img_aaaa0002"},
+HISTORY = [
+    {"role": "system", "content": "old system, dropped"},
+    {"role": "user", "text": "make her jacket green"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "edit_image", "args": {"image": "img_aaaa0001", "instruction": "green jacket"}}]},
+    {"role": "tool", "tool_call_id": "c1", "name": "edit_image", "content": "new image(s): img_aaaa0002"},
+    {"role": "assistant", "content": "Done: img_aaaa0002"},
+]
+
+
+def test_earlier_turns_become_a_transcript_in_order():
+    msgs = build_messages(history=HISTORY, images=IMAGES, user_text="now black")
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    content = msgs[1]["content"]
+    transcript = content.split("Conversation so far:\n")[1].split("\n\nMessage:")[0].splitlines()
+    assert transcript == [
+        "User: make her jacket green",
+        'Assistant called edit_image {"image": "img_aaaa0001", "instruction": "green jacket"}',
+        "Tool result: new image(s): img_aaaa0002",
+        "Assistant: Done: img_aaaa0002",
     ]
-    msgs = build_messages(history=history, images=IMAGES, user_text="now black")
+    assert content.index("Images in this chat") < content.index("Conversation so far") < content.index("Message: now black")
+    assert "old system" not in str(msgs)
+
+
+def test_history_as_messages_kept_in_order_and_normalized():
+    msgs = build_messages(history=HISTORY, images=IMAGES, user_text="now black", transcript=False)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
     assert msgs[1]["content"] == "make her jacket green"
     call = msgs[2]["tool_calls"][0]
     assert call["function"]["name"] == "edit_image"
     assert '"instruction": "green jacket"' in call["function"]["arguments"]
     assert msgs[3]["tool_call_id"] == "c1"
-    assert "old system" not in str(msgs)
+    assert "Message: now black" in msgs[-1]["content"] and "img_aaaa0002" in msgs[-1]["content"]
 
 
-def test_after_tool_results_images_go_on_the_last_user_message():
+def test_after_tool_results_the_current_turn_stays_as_messages():
     history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "brighter"},
         {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "adjust_image", "arguments": "{\"image\": \"img_aaaa0001\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "new image(s): img_aaaa0002"},
     ]
     msgs = build_messages(history=history, images=IMAGES, user_text=None)
-    assert msgs[-1]["role"] == "tool"
-    assert msgs[1]["content"].startswith("Images in this chat") and msgs[1]["content"].endswith("brighter")
-    assert history[0]["content"] == "brighter"  # the caller's history is not modified
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool"]
+    assert msgs[1]["content"].startswith("Images in this chat")
+    assert "User: hi\nAssistant: Hello!" in msgs[1]["content"] and "Message: brighter" in msgs[1]["content"]
+    assert msgs[2]["tool_calls"][0]["function"]["name"] == "adjust_image"
+    assert msgs[3]["tool_call_id"] == "c1"
+    assert history[2]["content"] == "brighter"  # the caller's history is not modified
 
 
 def test_history_trimmed_without_dangling_tool_results():
@@ -86,7 +109,9 @@ def test_history_trimmed_without_dangling_tool_results():
             {"role": "assistant", "content": "", "tool_calls": [{"id": f"c{i}", "name": "revert", "args": {}}]},
             {"role": "tool", "tool_call_id": f"c{i}", "content": "ok"},
         ]
-    msgs = build_messages(history=history, images=[], user_text="next", max_history=4)
+    msgs = build_messages(history=history, images=[], user_text="next", max_history=4, transcript=False)
     body = msgs[1:-1]
     assert len(body) <= 4 and body[0]["role"] != "tool"
     assert body[-1]["content"] == "ok" and body[0]["role"] in ("assistant", "user")
+    short = build_messages(history=history, images=[], user_text="next", max_history=4)
+    assert "u9" in short[1]["content"] and "u0" not in short[1]["content"]
