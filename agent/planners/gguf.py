@@ -60,7 +60,9 @@ def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str |
         llm = _MODELS.get(key)
         if llm is None:
             kwargs: dict[str, Any] = dict(
-                model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+                # default: half the logical CPUs (physical cores); more threads than cores makes
+                # llama.cpp's prompt evaluation several times slower on a shared or SMT CPU
+                model_path=path, n_ctx=n_ctx, n_threads=n_threads or max(1, (os.cpu_count() or 2) // 2),
                 n_batch=512, verbose=False,
             )
             if chat_format:
