@@ -81,19 +81,39 @@ def _is_cjk(ch: str) -> bool:
             or 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F)  # + Hangul
 
 
-def fold(text: str) -> str:
-    """NFKC, lower case, homoglyphs and accents to Latin (CJK kept), whitespace collapsed."""
+@lru_cache(maxsize=4096)
+def _looks_like(ch: str) -> str | None:
+    """The ASCII letter a character is visually confusable with (Unicode TR39 confusables via
+    `confusable_homoglyphs`): Cyrillic "р" -> "p", Greek "Ν" -> "N"; None when there is none."""
+    try:
+        from confusable_homoglyphs import confusables
+    except ImportError:  # pragma: no cover - a dependency; without it only transliteration is used
+        return None
+    found = confusables.is_confusable(ch, preferred_aliases=["latin"], greedy=True) or []
+    for entry in found:
+        for glyph in entry.get("homoglyphs", []):
+            c = glyph.get("c", "")
+            if c.isascii() and c.isalnum():
+                return c
+    return None
+
+
+def fold(text: str, *, visual: bool = False) -> str:
+    """NFKC, lower case, accents and other scripts to Latin (CJK kept), whitespace collapsed.
+
+    `visual=False` transliterates (Russian "голая" -> "golaia", "é" -> "e"); `visual=True` maps
+    look-alike letters to the Latin letter they imitate first (Cyrillic "Ѕhаkira" -> "shakira",
+    "Bеyoncé" -> "beyonce"), which is what a homoglyph attack relies on.
+    """
     text = unicodedata.normalize("NFKC", text or "")
     out = []
     for ch in text:
-        if ch.isascii():
-            out.append(ch)
-        elif _is_cjk(ch):
+        if ch.isascii() or _is_cjk(ch):
             out.append(ch)
         elif unicodedata.category(ch) in ("Cf", "Mn", "Cc"):
             continue  # zero-width joiners, combining marks, controls
         else:
-            out.append(anyascii(ch))
+            out.append((_looks_like(ch) if visual else None) or anyascii(ch))
     text = "".join(out).lower()
     return _SPACES.sub(" ", text).strip()
 
@@ -120,14 +140,22 @@ def _unleet_token(tok: str) -> str:
 
 def views(text: str) -> list[str]:
     """The normalised views of a text that the lists are matched against."""
-    folded = fold(text)
+    out = _views(fold(text))
+    if any(not c.isascii() and not _is_cjk(c) for c in text):
+        for v in _views(fold(text, visual=True)):
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def _views(folded: str) -> list[str]:
     base = _INWORD_PUNCT.sub("", folded)
     joined = _join_spaced(base)
     joined_article = _join_spaced(base, keep_article=True)
     leet = " ".join(_unleet_token(t) for t in joined_article.split(" "))
     leet = _join_spaced(_INWORD_PUNCT.sub("", leet), keep_article=True)
     out = []
-    for v in (base, joined, joined_article, leet):
+    for v in (base, joined, joined_article, leet, base.replace("-", " ")):
         if v not in out:
             out.append(v)
     # a letter hidden behind a star ("n*ked", "s*x"): try each vowel in its place
