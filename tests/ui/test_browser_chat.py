@@ -127,9 +127,15 @@ def test_thread_is_listed_and_resumes_with_its_images(page, chat_server):
     _shot(page, "06-resumed-thread")
 
 
-def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path):
+def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path, face_photos):
+    """An identity-changing edit of an uploaded photo of real people (the insightface sample
+    group photo, shrunk) waits for a consent answer; "yes" resumes the turn."""
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        im.save(tmp_path / "friends.jpg", format="JPEG", quality=92)
     _open_chat(page, chat_server)
-    _send(page, "/edit make her look 30 years older", files=[_photo(tmp_path / "friend.png")])
+    _send(page, "/edit make them all look 30 years older", files=[str(tmp_path / "friends.jpg")])
     yes = page.get_by_role("button", name="Yes, I have their consent")
     yes.wait_for(timeout=TURN_TIMEOUT)
     assert page.get_by_role("button", name="No, leave the face alone").is_visible()
@@ -140,7 +146,12 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path)
     _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
     _wait_turn_done(page)
     assert page.locator("[id^='step-']", has_text="edit_image").first.is_visible()
+    assert page.get_by_text("That did not work").count() == 0
     _shot(page, "08-consent-given-edit")
+    page.locator("[id^='step-']", has_text="edit_image").first.click()
+    page.get_by_text(re.compile(r"face 0: (identity distance|lost)")).first.wait_for()  # per-face identity
+    page.wait_for_timeout(800)
+    _shot(page, "08b-edit-identity-checks")
 
 
 def test_a_browser_that_leaves_mid_turn_finds_the_result_later(browser, chat_server):

@@ -4,6 +4,7 @@ the file route, the launcher's environment, and every text the chat renders from
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import sqlite3
 import uuid
@@ -22,6 +23,13 @@ from ui.chat_app.data_layer import (
 )
 
 
+def run(coro):
+    """Run a coroutine on a fresh loop in its own thread (the browser tests' sync Playwright
+    keeps a loop running in the main thread of the same pytest process)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _png(color=(200, 30, 30), size=(16, 12)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
@@ -32,13 +40,13 @@ def _png(color=(200, 30, 30), size=(16, 12)) -> bytes:
 def test_local_storage_round_trip_and_url(tmp_path):
     storage = LocalStorageClient(tmp_path / "files")
     data = _png()
-    out = asyncio.run(storage.upload_file("user-1/el-2/my image.png", data, mime="image/png"))
+    out = run(storage.upload_file("user-1/el-2/my image.png", data, mime="image/png"))
     assert out["object_key"] == "user-1/el-2/my image.png"
     assert out["url"] == f"{FILES_ROUTE}/user-1/el-2/my%20image.png"
     assert storage.path_for("user-1/el-2/my image.png").read_bytes() == data
-    assert asyncio.run(storage.delete_file("user-1/el-2/my image.png")) is True
+    assert run(storage.delete_file("user-1/el-2/my image.png")) is True
     assert not storage.path_for("user-1/el-2/my image.png").exists()
-    assert asyncio.run(storage.delete_file("user-1/el-2/my image.png")) is False
+    assert run(storage.delete_file("user-1/el-2/my image.png")) is False
 
 
 @pytest.mark.parametrize("key", ["../outside.png", "/etc/passwd", "a/../../b", "a\\..\\b", "", "a//b"])
@@ -51,8 +59,8 @@ def test_local_storage_rejects_keys_outside_its_root(tmp_path, key):
 
 def test_upload_without_overwrite_keeps_the_first_file(tmp_path):
     storage = LocalStorageClient(tmp_path)
-    asyncio.run(storage.upload_file("u/e/a.txt", "first"))
-    asyncio.run(storage.upload_file("u/e/a.txt", "second", overwrite=False))
+    run(storage.upload_file("u/e/a.txt", "first"))
+    run(storage.upload_file("u/e/a.txt", "second", overwrite=False))
     assert storage.path_for("u/e/a.txt").read_text() == "first"
 
 
@@ -67,7 +75,7 @@ def test_file_route_serves_stored_files_and_nothing_else(tmp_path):
         return {"frontend": full_path}
 
     storage = LocalStorageClient(tmp_path / "files")
-    asyncio.run(storage.upload_file("u1/e1/fox.png", _png(), mime="image/png"))
+    run(storage.upload_file("u1/e1/fox.png", _png(), mime="image/png"))
     install_file_route(app, storage)
     install_file_route(app, storage)  # idempotent
     client = TestClient(app)
@@ -132,8 +140,8 @@ def test_thread_with_steps_and_image_survives_a_new_data_layer(tmp_path):
         await layer.engine.dispose()
         return thread, listed
 
-    user_id = asyncio.run(write())
-    thread, listed = asyncio.run(read(user_id))
+    user_id = run(write())
+    thread, listed = run(read(user_id))
     assert thread is not None and thread["name"] == "a red fox"
     assert thread["tags"] == ["atelier"]
     assert [s["output"] for s in thread["steps"]] == ["Here is your fox."]

@@ -102,13 +102,17 @@ _RUNNING: dict[str, asyncio.Task] = {}  # thread id -> the turn running on it (a
 
 
 def studio(overrides: dict[str, Any]):
-    """One Atelier per distinct set of overrides (engines are cached per process by settings)."""
+    """One Atelier per distinct set of chat-settings overrides. They share the planner (the
+    settings only touch the engine and identity sections; a GGUF planner is loaded once) and
+    engines are cached per process by their settings."""
     from agent import Atelier
 
     merged = render.merge_overrides(BASE_OVERRIDES, overrides)
     key = json.dumps(merged, sort_keys=True)
     if key not in _STUDIOS:
-        _STUDIOS[key] = Atelier(profile=load_profile(os.environ.get(ENV_PROFILE), merged))
+        base_key = json.dumps(BASE_OVERRIDES, sort_keys=True)
+        shared = {"planner": studio({}).planner} if key != base_key else {}
+        _STUDIOS[key] = Atelier(profile=load_profile(os.environ.get(ENV_PROFILE), merged), **shared)
     return _STUDIOS[key]
 
 
