@@ -410,8 +410,8 @@ class PromptScreener:
         if has("document", "currency"):
             if has("forgery") or (has("forgery_weak") and not has("prop_context")):
                 found["deception"] = hits.get("document", []) + hits.get("currency", []) + hits.get("forgery", []) + hits.get("forgery_weak", [])
-        if has("news_media") and has("real_event"):
-            found["deception"] = hits["news_media"] + hits["real_event"]
+        if has("news_media") and has("real_event", "real_person"):  # fabricated record of real events or people
+            found["deception"] = hits["news_media"] + hits.get("real_event", []) + hits.get("real_person", [])
         if has("public_figure"):
             found["public_figure"] = hits["public_figure"]
         if has("jailbreak"):
