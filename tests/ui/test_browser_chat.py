@@ -206,3 +206,38 @@ def test_chat_settings_change_the_engine_steps(page, chat_server):
     page.get_by_text("Steps: 5").first.wait_for()  # 2 (tiny profile) + 3 from the settings
     page.wait_for_timeout(800)
     _shot(page, "11-settings-applied")
+
+
+def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
+    """The stop button during the first generation of a fresh server (the engine is still being
+    built, then stops at its first denoising step): no image is added, the step says stopped,
+    and the next request in the same chat works."""
+    server = start_chat_server()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        _open_chat(page, server)
+        _send(page, "/generate a fox that will never be drawn")
+        page.locator("[id^='step-']", has_text="generate_image").first.wait_for(timeout=TURN_TIMEOUT)
+        page.locator("#stop-button").click()
+        page.get_by_text("Task manually stopped.").wait_for()
+        _shot(page, "12-stopped")
+        assert _assistant_images(page).count() == 0
+        for attempt in range(30):  # the worker finishes its current step, then the chat is free
+            _send(page, "/generate a paper lantern")
+            page.wait_for_timeout(1000)
+            _wait_turn_done(page)
+            if _assistant_images(page).count():
+                break
+            assert page.get_by_text("stopping your previous request").count() >= 1
+            page.wait_for_timeout(2000)
+        _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        assert _assistant_images(page).count() == 1  # only the second request made an image
+        page.get_by_role("button", name="Versions").last.click()
+        listing = page.locator(".message-content", has_text="Versions of this chat").last
+        listing.wait_for()
+        assert listing.inner_text().count("generate_image") == 1
+        _shot(page, "13-after-stop-next-request")
+    finally:
+        context.close()

@@ -99,6 +99,7 @@ else:
 # -- the agent --------------------------------------------------------------------------------
 _STUDIOS: dict[str, Any] = {}
 _RUNNING: dict[str, asyncio.Task] = {}  # thread id -> the turn running on it (any connection)
+_STOPPING: set[str] = set()  # threads whose running turn was asked to stop
 
 
 def studio(overrides: dict[str, Any]):
@@ -198,6 +199,7 @@ async def on_settings_update(values: dict[str, Any]):
 
 @cl.on_stop
 async def on_stop():
+    _STOPPING.add(_thread_id())
     known = _SESSIONS.get(_thread_id())
     if known is not None:
         try:
@@ -378,7 +380,9 @@ async def on_message(message: cl.Message):
     thread_id = _thread_id()
     running = _RUNNING.get(thread_id)
     if running is not None and not running.done():
-        await cl.Message(content=TEXTS["busy"], author="Atelier").send()
+        # the engine stops at its next step; until then the thread's turn is still running
+        busy = TEXTS["stopping"] if thread_id in _STOPPING else TEXTS["busy"]
+        await cl.Message(content=busy, author="Atelier").send()
         return
     paths, problems = _attachments(message)
     if problems:
@@ -403,6 +407,7 @@ async def on_message(message: cl.Message):
     finally:
         if _RUNNING.get(thread_id) is asyncio.current_task():
             _RUNNING.pop(thread_id, None)
+            _STOPPING.discard(thread_id)
 
 
 # -- versions: timeline, undo, branch from here -----------------------------------------------
