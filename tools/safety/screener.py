@@ -72,6 +72,7 @@ _LEET_CHARS = set("0134578@$!|9")
 _SPACED = re.compile(r"(?<![a-z0-9])(?:[a-z][ .\-_*·•/|]{1,2}){2,}[a-z](?![a-z0-9])")
 _INWORD_PUNCT = re.compile(r"(?<=[a-z])[.*_·•`^~|]+(?=[a-z])")
 _SPACES = re.compile(r"\s+")
+_QUOTES = re.compile(r"(?<![a-z])['`]|['`](?![a-z])|[\"“”‘’«»]")
 _STARRED = re.compile(r"(?<=[a-z])\*(?=[a-z])")
 
 
@@ -155,7 +156,8 @@ def _views(folded: str) -> list[str]:
     leet = " ".join(_unleet_token(t) for t in joined_article.split(" "))
     leet = _join_spaced(_INWORD_PUNCT.sub("", leet), keep_article=True)
     out = []
-    for v in (base, joined, joined_article, leet, base.replace("-", " ")):
+    unquoted = _QUOTES.sub("", base)  # "the 'result' of", "'novelty' $50 bill"
+    for v in (base, joined, joined_article, leet, base.replace("-", " "), unquoted):
         if v not in out:
             out.append(v)
     # a letter hidden behind a star ("n*ked", "s*x"): try each vowel in its place
