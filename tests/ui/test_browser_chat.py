@@ -241,3 +241,20 @@ def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
         _shot(page, "13-after-stop-next-request")
     finally:
         context.close()
+
+
+def test_unsupported_and_oversized_uploads_are_refused_in_the_browser(page, chat_server, tmp_path):
+    _open_chat(page, chat_server)
+    gif = tmp_path / "cat.gif"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(gif, format="GIF")
+    page.set_input_files("#upload-button-input", [str(gif)])
+    page.get_by_text(re.compile(r"image/png,\s*image/jpeg,\s*image/webp")).first.wait_for()  # the toast
+    _shot(page, "14-unsupported-upload")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (31 * 1024 * 1024))  # over the 30 MB limit
+    page.set_input_files("#upload-button-input", [str(huge)])
+    page.get_by_text("File is larger than 30 MB").first.wait_for()
+    _shot(page, "15-oversized-upload")
+    # nothing was attached or sent: no image anywhere, and still no thread
+    assert page.locator(".message-content img").count() == 0
+    assert page.get_by_text("No threads found").is_visible()
