@@ -27,7 +27,7 @@ from chainlit.server import app as fastapi_app
 from chainlit.utils import utc_now
 
 from agent.config import load_profile
-from tools.errors import AtelierError, BadImageError, RateLimitedError
+from tools.errors import AtelierError, RateLimitedError
 from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
 from ui.chat_app import render
 from ui.chat_app.data_layer import LocalStorageClient, build_data_layer, install_file_route
@@ -72,9 +72,7 @@ install_file_route(fastapi_app, STORAGE)
 
 @cl.data_layer
 def _data_layer():
-    layer = build_data_layer(DB_PATH, FILES_DIR)
-    layer.storage_provider = STORAGE
-    return layer
+    return build_data_layer(DB_PATH, FILES_DIR, storage=STORAGE)
 
 
 # -- sign-in: a password when configured, else one local user (thread history needs a user) ---
@@ -360,6 +358,21 @@ async def _run_turn(session, text: str, images: list[str]) -> None:
         raise
 
 
+async def _say_failure(err: BaseException) -> None:
+    """A failure as one line in the chat (typed errors carry their own message), never a trace."""
+    if isinstance(err, RateLimitedError):
+        wait = TEXTS["retry_after"].format(seconds=err.retry_after) if err.retry_after else ""
+        text = err.message.rstrip(".") + "." + wait
+    elif isinstance(err, AtelierError):
+        text = TEXTS["error"].format(message=err.message)
+    elif isinstance(err, MemoryError):
+        text = TEXTS["error"].format(message=TEXTS["out_of_memory"])
+    else:
+        log.exception("chat action failed", exc_info=err)
+        text = TEXTS["unexpected"].format(kind=type(err).__name__)
+    await cl.Message(content=text, author="Atelier").send()
+
+
 def _attachments(message: cl.Message) -> tuple[list[str], list[str]]:
     """Paths of the usable images of a message, and a line for each file that is not usable."""
     paths, problems = [], []
@@ -392,18 +405,10 @@ async def on_message(message: cl.Message):
     try:
         session = current_session()
         await _run_turn(session, message.content or "", paths)
-    except RateLimitedError as err:
-        wait = f" Try again in {err.retry_after:.0f} s." if err.retry_after else ""
-        await cl.Message(content=f"{err.message}.{wait}".replace("..", "."), author="Atelier").send()
-    except (BadImageError, AtelierError) as err:
-        await cl.Message(content=TEXTS["error"].format(message=err.message), author="Atelier").send()
     except asyncio.CancelledError:
         raise  # the stop button: Chainlit says so; on_stop cancelled the agent
-    except MemoryError:
-        await cl.Message(content=TEXTS["error"].format(message="out of memory for this request; try a smaller size or fewer images"), author="Atelier").send()
-    except Exception as err:  # noqa: BLE001 - never a stack trace in the chat
-        log.exception("turn failed")
-        await cl.Message(content=TEXTS["unexpected"].format(kind=type(err).__name__), author="Atelier").send()
+    except Exception as err:  # noqa: BLE001 - every failure becomes one readable line
+        await _say_failure(err)
     finally:
         if _RUNNING.get(thread_id) is asyncio.current_task():
             _RUNNING.pop(thread_id, None)
@@ -411,7 +416,20 @@ async def on_message(message: cl.Message):
 
 
 # -- versions: timeline, undo, branch from here -----------------------------------------------
+def _guarded(callback):
+    """Action callbacks report failures (rate limit, unknown image...) like turns do."""
+    async def run(action: cl.Action):
+        try:
+            await callback(action)
+        except Exception as err:  # noqa: BLE001
+            await _say_failure(err)
+
+    run.__name__ = callback.__name__
+    return run
+
+
 @cl.action_callback("versions")
+@_guarded
 async def on_versions(action: cl.Action):
     session = current_session()
     versions = await asyncio.to_thread(session.history)
@@ -451,6 +469,7 @@ async def _revert_to(ref: str, template: str) -> None:
 
 
 @cl.action_callback("undo")
+@_guarded
 async def on_undo(action: cl.Action):
     session = current_session()
     current = session.current or action.payload.get("ref")
@@ -463,5 +482,6 @@ async def on_undo(action: cl.Action):
 
 
 @cl.action_callback("branch")
+@_guarded
 async def on_branch(action: cl.Action):
     await _revert_to(action.payload["ref"], TEXTS["branched"])

@@ -117,12 +117,15 @@ class AtelierDataLayer(SQLAlchemyDataLayer):
         return obj
 
 
-def build_data_layer(db_path: str | os.PathLike, files_dir: str | os.PathLike) -> AtelierDataLayer:
-    """A data layer on a SQLite file (schema created) with element files under `files_dir`."""
+def build_data_layer(
+    db_path: str | os.PathLike, files_dir: str | os.PathLike, *, storage: LocalStorageClient | None = None
+) -> AtelierDataLayer:
+    """A data layer on a SQLite file (schema created) with element files under `files_dir`
+    (or in the given storage client, the one the file route serves)."""
     ensure_schema(db_path)
     return AtelierDataLayer(
         conninfo=f"sqlite+aiosqlite:///{Path(db_path).resolve()}",
-        storage_provider=LocalStorageClient(files_dir),
+        storage_provider=storage or LocalStorageClient(files_dir),
     )
 
 
