@@ -107,6 +107,7 @@ def test_refusal_reads_as_a_short_explanation(page, chat_server):
     assert "Traceback" not in page.content()
     assert _assistant_images(page).count() == 0
     assert text.strip() and len(text) < 600
+    assert re.search(r"can.t|cannot|won.t", text, re.I)  # an explanation, not an error
     _shot(page, "05-refusal")
 
 
@@ -152,6 +153,28 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path,
     page.get_by_text(re.compile(r"face 0: (identity distance|lost)")).first.wait_for()  # per-face identity
     page.wait_for_timeout(800)
     _shot(page, "08b-edit-identity-checks")
+
+
+def test_consent_declined_runs_nothing(page, chat_server, tmp_path, face_photos):
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        im.save(tmp_path / "friends.jpg", format="JPEG", quality=92)
+    _open_chat(page, chat_server)
+    _send(page, "/edit make them look twenty years older", files=[str(tmp_path / "friends.jpg")])
+    no = page.get_by_role("button", name="No, leave the face alone")
+    no.wait_for(timeout=TURN_TIMEOUT)
+    no.click()
+    _wait_turn_done(page)
+    page.get_by_text("Selected: No, leave the face alone").wait_for()
+    page.get_by_text("OK, I left their faces as they are").wait_for()
+    assert page.get_by_text("That did not work").count() == 0
+    page.wait_for_timeout(1000)
+    assert _assistant_images(page).count() == 0  # the edit never ran
+    step = page.locator("[id^='step-']", has_text="edit_image").first
+    step.click()
+    page.get_by_text("not run").first.wait_for()
+    _shot(page, "08c-consent-declined")
 
 
 def test_a_browser_that_leaves_mid_turn_finds_the_result_later(browser, chat_server):

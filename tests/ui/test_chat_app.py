@@ -288,3 +288,13 @@ def test_closing_text_explains_refusals_errors_and_stops():
     assert render.closing_text("", None, None, True) == "Here it is."
     both = render.closing_text("Made one of two.", None, {"code": "engine_error", "message": "boom"}, True)
     assert both == "Made one of two.\n\nThat did not work: boom"
+
+
+def test_closing_text_of_a_declined_consent_and_of_an_error_the_answer_already_gives():
+    declined = {"code": "consent_declined", "message": "the user did not confirm consent; it was not run"}
+    text = render.closing_text("edit_image failed: the user did not confirm consent; it was not run", None,
+                               declined, False)
+    assert text.startswith("OK, I left their faces as they are") and "failed" not in text
+    error = {"code": "engine_error", "message": "no image img_ff in the store"}
+    assert render.closing_text("relight failed: no image img_ff in the store", None, error, False) \
+        == "relight failed: no image img_ff in the store"

@@ -123,9 +123,12 @@ def closing_text(answer: str, refusal: dict | None, error: dict | None, has_imag
     if refusal and not answer:
         reason = refusal.get("reason") or "that request is against the safety policy"
         lines.append(t["refused"].format(reason=reason))
-    if error:
+    if error and error.get("code") == "consent_declined":
+        lines = [t["consent_declined"]]  # the user's own choice, not a failure
+    elif error:
         message = str(error.get("message") or "unknown error").strip().splitlines()[0]
-        lines.append(t["error"].format(message=message))
+        if message not in (answer or ""):  # the answer already says it
+            lines.append(t["error"].format(message=message))
     if not lines:
         lines.append("Here it is." if has_images else "Done.")
     return "\n\n".join(lines)
