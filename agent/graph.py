@@ -206,8 +206,20 @@ def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str,
             break
 
 
-def _call_key(name: str, args: dict[str, Any]) -> str:
-    return name + json.dumps(args, sort_keys=True, ensure_ascii=False)
+def _is_repeat(name: str, args: dict[str, Any], state: TurnState) -> bool:
+    """A call that already succeeded this turn, or the same call re-applied to the image it made."""
+    def without_image(a: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in a.items() if k != "image"}
+
+    for done in state.get("calls", []):
+        result = done.get("result") or {}
+        if done["name"] != name or not result.get("ok"):
+            continue
+        if done["args"] == args:
+            return True
+        if without_image(done["args"]) == without_image(args) and args.get("image") in (result.get("images") or []):
+            return True
+    return False
 
 
 def _summary(state: TurnState) -> str:
@@ -294,9 +306,8 @@ def build_graph(services: Services, checkpointer=None):
             answer = say("repair_failed")
             return {"rounds": rounds + 1, "answer": answer,
                     "messages": [{"role": "assistant", "content": answer}]}
-        # a call that already succeeded this turn is not run again (small models repeat themselves)
-        done = {_call_key(c["name"], c["args"]) for c in state.get("calls", []) if (c.get("result") or {}).get("ok")}
-        calls = [c.as_dict() for c in reply.tool_calls if _call_key(c.name, c.args) not in done]
+        # small models repeat themselves after reading a tool result: drop the repeats
+        calls = [c.as_dict() for c in reply.tool_calls if not _is_repeat(c.name, c.args, state)]
         if calls:
             return {"rounds": rounds + 1, "queue": calls,
                     "messages": [_assistant_message(reply.text, calls)]}

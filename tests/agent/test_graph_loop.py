@@ -127,3 +127,20 @@ def test_a_repeated_call_is_not_run_twice_and_an_empty_reply_ends_the_turn(make_
 
     empty = make_app(ScriptedModel([PlannerReply(text="")])).session("t-empty").send("hm")
     assert empty.answer and empty.tool_calls == [] and empty.error is None
+
+
+def test_the_same_edit_is_not_re_applied_to_its_own_result(make_app):
+    def planner(messages):
+        last = messages[-1]
+        current = next(line.split()[1] for m in reversed(messages) if m["role"] == "user"
+                       for line in m["content"].splitlines() if "(current)" in line)
+        if last["role"] == "tool":
+            current = last["content"].split("current: ")[1].split(";")[0]
+        return PlannerReply(tool_calls=[ToolCall("adjust_image", {"image": current, "white_balance_k": 4000})])
+
+    app = make_app(planner)
+    session = app.session("t-reapply")
+    first = session.send("/generate a lighthouse").images[0]["ref"]
+    result = session.send("make it warmer")
+    assert [c["args"]["image"] for c in result.tool_calls] == [first]
+    assert len(result.images) == 1 and app.store.get(result.images[0]["ref"]).parent == first
