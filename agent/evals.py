@@ -122,6 +122,7 @@ class CaseResult:
     reason: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    raw: str = ""
     seconds: float = 0.0
 
 
@@ -134,7 +135,7 @@ def score_reply(case: dict[str, Any], reply: PlannerReply) -> CaseResult:
     first = reply.tool_calls[0] if reply.tool_calls else None
     got = first.name if first else ("malformed" if reply.malformed else "none")
     res = CaseResult(id=str(case.get("id")), expected=want_tool, got=got, ok=False,
-                     args=dict(first.args) if first else {}, text=reply.text)
+                     args=dict(first.args) if first else {}, text=reply.text, raw=reply.raw[:400])
     if want_tool == "none":
         res.ok = first is None and not reply.malformed
         res.reason = "" if res.ok else f"expected no tool call, got {got}"

@@ -178,15 +178,17 @@ def tool_call_schema(tools: list[dict[str, Any]], refs: list[str]) -> dict[str, 
 
 
 def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str]) -> str:
-    """GBNF for a reply that is either plain text or one Qwen `<tool_call>` block whose JSON
-    follows `tool_call_schema` (so tool names, enums and refs are always valid)."""
+    """GBNF for a reply that is either plain text or one call (a Qwen `<tool_call>` block or a
+    json code fence) whose JSON follows `tool_call_schema` (tool names, enums, refs always valid)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     call = json_schema_to_gbnf(json.dumps(tool_call_schema(tools, refs)))
     call = call.replace("root ::=", "call ::=", 1)
+    # a call may come in Qwen's tags or (as small models like to) in a json code fence: both are
+    # constrained; plain text cannot contain a call's characters, so no call escapes the schema
     return (
-        'root ::= "<tool_call>\\n" call "\\n</tool_call>" | plain\n'
-        "plain ::= [^<\\n] [^<]*\n" + call
+        'root ::= "<tool_call>\\n" call "\\n</tool_call>" | "```json\\n" call "\\n```" | plain\n'
+        "plain ::= [^<{`\\n] [^<{`]*\n" + call
     )
 
 

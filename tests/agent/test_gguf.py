@@ -119,7 +119,8 @@ def test_grammar_accepts_text_or_one_valid_call():
     from agent.planners.gguf import tool_grammar_text
 
     text = tool_grammar_text(tool_json_schemas(), ["img_0123abcd"])
-    assert text.startswith('root ::= "<tool_call>\\n" call "\\n</tool_call>" | plain')
+    assert text.startswith('root ::= "<tool_call>\\n" call "\\n</tool_call>" | "```json\\n" call "\\n```" | plain')
+    assert "plain ::= [^<{`\\n] [^<{`]*" in text
     assert '"\\"img_0123abcd\\""' in text and "top-left" in text
     llama_grammar.LlamaGrammar.from_string(text, verbose=False)  # parses
 
