@@ -94,9 +94,13 @@ def open_checkpointer(url: str):
 
 
 class Atelier:
-    """Everything a profile needs, built lazily and shared by every session of the process."""
+    """Everything a profile needs, built lazily and shared by every session of the process.
 
-    def __init__(self, profile: str | Profile | None = "tiny", overrides: dict[str, Any] | None = None,
+    `profile`: a name, a YAML path or a `Profile` (None: `$ATELIER_PROFILE`, else `offline`);
+    `overrides`: nested fields over it; `planner`: a ChatModel instead of the profile's (tests).
+    """
+
+    def __init__(self, profile: str | Profile | None = None, overrides: dict[str, Any] | None = None,
                  *, planner: ChatModel | None = None):
         if isinstance(profile, Profile):
             self.profile = Profile.model_validate(_deep_merge(profile.model_dump(), overrides or {}))
