@@ -177,6 +177,38 @@ def test_consent_declined_runs_nothing(page, chat_server, tmp_path, face_photos)
     _shot(page, "08c-consent-declined")
 
 
+def test_a_consent_question_left_open_is_asked_again_when_the_chat_is_reopened(browser, chat_server, tmp_path,
+                                                                               face_photos):
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        im.save(tmp_path / "team.jpg", format="JPEG", quality=92)
+    first = browser.new_context(viewport={"width": 1280, "height": 900})
+    first.set_default_timeout(30_000)
+    page = first.new_page()
+    _open_chat(page, chat_server)
+    _send(page, "/edit make the team look ten years older", files=[str(tmp_path / "team.jpg")])
+    page.get_by_role("button", name="Yes, I have their consent").wait_for(timeout=TURN_TIMEOUT)
+    first.close()  # gone on the question
+
+    second = browser.new_context(viewport={"width": 1280, "height": 900})
+    second.set_default_timeout(30_000)
+    page = second.new_page()
+    try:
+        page.goto(chat_server.url, wait_until="domcontentloaded")
+        page.locator("#thread-history").get_by_text("/edit make the team look ten years older").first.click()
+        yes = page.get_by_role("button", name="Yes, I have their consent")
+        yes.wait_for(timeout=30_000)
+        _shot(page, "09a-consent-asked-again")
+        yes.click()
+        _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        assert page.get_by_text("That did not work").count() == 0
+        _shot(page, "09b-consent-after-reopen")
+    finally:
+        second.close()
+
+
 def test_a_browser_that_leaves_mid_turn_finds_the_result_later(browser, chat_server):
     """Closing the tab while a tool runs does not stop the turn: its image is stored and the
     resumed thread shows it."""

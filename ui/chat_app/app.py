@@ -98,6 +98,8 @@ else:
 _STUDIOS: dict[str, Any] = {}
 _RUNNING: dict[str, asyncio.Task] = {}  # thread id -> the turn running on it (any connection)
 _STOPPING: set[str] = set()  # threads whose running turn was asked to stop
+_ASKING: dict[str, asyncio.Task] = {}  # thread id -> the turn waiting on a consent answer
+_LEFT: set[str] = set()  # threads whose browser left while a consent question was open
 
 
 def studio(overrides: dict[str, Any]):
@@ -183,6 +185,8 @@ async def on_chat_resume(thread):
     if not isinstance(cl.user_session.get("overrides"), dict):
         cl.user_session.set("overrides", {})
     await chat_settings(values if isinstance(values, dict) else {}).send()
+    # not awaited: Chainlit shows the thread only after this callback returns
+    asyncio.create_task(_ask_pending_consent(_thread_id()))
 
 
 @cl.on_settings_update
@@ -209,8 +213,14 @@ async def on_stop():
 @cl.on_chat_end
 async def on_chat_end():
     # A browser that goes away mid-turn does not stop the turn: it finishes, its images are
-    # stored and sealed, and the persisted thread shows them when the chat is resumed.
-    return None
+    # stored and sealed, and the persisted thread shows them when the chat is resumed. A turn
+    # waiting on a consent question has nothing running (the agent's state is checkpointed):
+    # its question is withdrawn here and asked again when the chat is reopened.
+    thread_id = _thread_id()
+    asking = _ASKING.get(thread_id)
+    if asking is not None and not asking.done():
+        _LEFT.add(thread_id)
+        asking.cancel()
 
 
 # -- a turn -----------------------------------------------------------------------------------
@@ -341,8 +351,27 @@ async def _run_turn(session, text: str, images: list[str]) -> None:
     try:
         async for event in session.astream(text, images=images):
             await view.handle(event.kind, dict(event.data or {}))
+        await _answer_consent_and_finish(session, view)
+    except asyncio.CancelledError:
+        await view.close_open_steps("stopped")
+        raise
+
+
+async def _answer_consent_and_finish(session, view: TurnView) -> None:
+    """Ask the pending consent question(s) with buttons, resume the turn, show its result."""
+    thread_id = _thread_id()
+    try:
         while view.consent:
-            approved = await _ask_consent(view.consent)
+            _ASKING[thread_id] = asyncio.current_task()
+            try:
+                approved = await _ask_consent(view.consent)
+            except asyncio.CancelledError:
+                if thread_id in _LEFT:  # the browser left on the question: asked again on resume
+                    _LEFT.discard(thread_id)
+                    return
+                raise
+            finally:
+                _ASKING.pop(thread_id, None)
             if approved is None:
                 await asyncio.to_thread(session.resume, False)
                 await view.close_open_steps(TEXTS["consent_timeout"])
@@ -356,6 +385,35 @@ async def _run_turn(session, text: str, images: list[str]) -> None:
     except asyncio.CancelledError:
         await view.close_open_steps("stopped")
         raise
+
+
+async def _ask_pending_consent(thread_id: str) -> None:
+    """A chat reopened while its turn waits for a consent answer (the tab was closed on the
+    question) asks it again; the answer resumes the turn as if it had never been left."""
+    for _ in range(50):  # the question's old task ends when its tab's disconnect is handled
+        running = _RUNNING.get(thread_id)
+        if running is None or running.done():
+            break
+        await asyncio.sleep(0.2)
+    else:
+        return
+    session = current_session()
+    pending = await asyncio.to_thread(lambda: session.pending_consent)
+    if not pending:
+        return
+    _RUNNING[thread_id] = asyncio.current_task()
+    view = TurnView()
+    view.consent = pending
+    try:
+        await _answer_consent_and_finish(session, view)
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        await _say_failure(err)
+    finally:
+        if _RUNNING.get(thread_id) is asyncio.current_task():
+            _RUNNING.pop(thread_id, None)
+        await cl.context.emitter.task_end()  # not a Chainlit-run task: say it is over
 
 
 async def _say_failure(err: BaseException) -> None:
