@@ -245,10 +245,11 @@ def build_graph(services: Services, checkpointer=None):
         update: dict[str, Any] = dict(TURN_RESET)
         update["direct"] = bool(state.get("direct"))
         update["queue"] = list(state.get("queue") or [])
-        last = (state.get("messages") or [{}])[-1]
-        text = str(last.get("content") or "") if last.get("role") == "user" else ""
-        uploads = list(last.get("images") or []) if last.get("role") == "user" else []
-        _emit("status", text="screening the request")
+        # this turn's user message (a slash command or direct call is followed by its tool call)
+        user = next((m for m in reversed(state.get("messages") or []) if m.get("role") == "user"), {})
+        text = str(user.get("content") or "")
+        uploads = list(user.get("images") or [])
+        _emit("status", text=say("status_screening"))
         decision = services.prompt_screener.screen(text) if text and not update["direct"] else None
         _audit(services, runtime, "request", text=text, images=uploads,
                decision=_dump(decision) if decision else None, direct=update["direct"])
@@ -281,7 +282,7 @@ def build_graph(services: Services, checkpointer=None):
         if rounds >= MAX_ROUNDS:
             answer = say("too_many_rounds", rounds=rounds)
             return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
-        _emit("status", text="planning")
+        _emit("status", text=say("status_planning"))
         try:
             reply = services.planner.chat(
                 planner_messages(services, state, runtime.context.thread_id), services.tools
@@ -386,7 +387,7 @@ def build_graph(services: Services, checkpointer=None):
                 raise CancelledError("stopped by the user")
             writer({"kind": "progress", "call_id": call["id"], "step": int(step), "total": int(total)})
 
-        _emit("status", text=f"running {call['name']}")
+        _emit("status", text=say("status_running", tool=call["name"]))
         ctx = ToolContext(store=store, engine=services.profile.engine, identity=services.profile.identity,
                           session=runtime.context.thread_id, progress=progress, analyzer=services.analyzer,
                           profile=services.profile.name)

@@ -116,3 +116,18 @@ def test_refused_tool_call_comes_back_to_the_model(make_app):
     assert result.refused["category"] == "sexual"
     assert result.images == [] and result.answer == "I can't draw that."
     assert last_tool_message(planner.calls[1])["content"].startswith("ERROR:")
+
+
+def test_uploads_with_a_slash_command_are_screened_too(make_app, monkeypatch):
+    app = make_app()
+    screened = []
+    real = app.services.image_screener.screen
+
+    def spy(image, *, stage):
+        screened.append(stage)
+        return real(image, stage=stage)
+
+    monkeypatch.setattr(app.services.image_screener, "screen", spy)
+    result = app.session("t-slash-upload").send("/adjust exposure=+1", images=[_photo_bytes()])
+    assert screened[0] == "upload" and "result" in screened
+    assert len(result.images) == 1
