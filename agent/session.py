@@ -237,6 +237,7 @@ class Session:
     def call_tool(self, name: str, args: dict[str, Any]) -> TurnResult:
         """Run one tool through the same screens, seal and audit, without the planner."""
         self.app.limiter.hit(self.user_id)
+        self._decline_pending()
         call = ToolCall(name, dict(args or {}))
         text = f"/{name} {json.dumps(call.args, ensure_ascii=False)}"
         return _last_result(self._run(self._direct_input(text, call, [])))
@@ -305,8 +306,7 @@ class Session:
         text = (text or "").strip()
         self.app.limiter.hit(self.user_id)
         refs = [self._ingest(item) for item in images or []]
-        if self.pending_consent is not None:  # a new message answers an open question with "no"
-            _last_result(self._run(Command(resume=False)))
+        self._decline_pending()
         if is_slash(text):
             name, args = parse_slash(text, current=refs[-1] if refs else self.current, store=self.app.store)
             return self._direct_input(text, ToolCall(name, args), refs)
@@ -316,6 +316,11 @@ class Session:
         if refs:
             user["images"] = refs
         return {"messages": [user], "direct": False, "queue": []}
+
+    def _decline_pending(self) -> None:
+        """A new message or call while a question is open answers it with "no" first."""
+        if self.pending_consent is not None:
+            _last_result(self._run(Command(resume=False)))
 
     def _direct_input(self, text: str, call: ToolCall, refs: list[str]) -> dict[str, Any]:
         user: dict[str, Any] = {"role": "user", "content": text}
