@@ -76,6 +76,10 @@ def test_threshold_keeps_false_positive_rate_under_1e_6():
         k = wm.threshold(registered)
         assert wm.hypotheses() * registered * wm.binomial_tail(48, k) <= 1e-6
         assert wm.hypotheses() * registered * wm.binomial_tail(48, k - 1) > 1e-6  # smallest such k
+        k_straight, k_search = wm.thresholds(registered)
+        bound = registered * (wm.binomial_tail(48, k_straight) + (wm.hypotheses() - 1) * wm.binomial_tail(48, k_search))
+        assert bound <= 1e-6
+        assert k_straight <= k_search
 
 
 def test_embedding_is_invisible_and_read_back_exactly():

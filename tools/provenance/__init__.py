@@ -114,10 +114,12 @@ class Sealer:
 
 
 def detect_watermark(image: Image.Image, registry: WatermarkRegistry, *, search: bool = True) -> dict[str, Any]:
-    """Best registry match over the synchronisation hypotheses, against the FPR <= 1e-6 threshold."""
-    k = wm.threshold(len(registry))
-    best = {"detected": False, "id": None, "bit_agreement": 0.0, "bits_agreeing": 0, "threshold": k,
-            "threshold_bits": f"{k}/{wm.BITS}", "hypothesis": None, "registered": len(registry)}
+    """Best registry match over the synchronisation hypotheses, against the FPR <= 1e-6 thresholds
+    (`watermark.thresholds`: a lower one for the straight read, a higher one for the search)."""
+    k_straight, k_search = wm.thresholds(len(registry))
+    best = {"detected": False, "id": None, "bit_agreement": 0.0, "bits_agreeing": 0, "threshold": k_search,
+            "threshold_bits": f"{k_straight}/{wm.BITS} straight, {k_search}/{wm.BITS} with sync search",
+            "hypothesis": None, "registered": len(registry)}
     if len(registry) == 0:
         return best
     for bits, hypothesis in wm.candidates(image, search=search):
@@ -125,8 +127,10 @@ def detect_watermark(image: Image.Image, registry: WatermarkRegistry, *, search:
         wm_id, agree = registry.nearest(value)
         if agree > best["bits_agreeing"]:
             best.update(id=wm_id, bits_agreeing=agree, bit_agreement=round(agree / wm.BITS, 4), hypothesis=hypothesis)
+        k = k_straight if hypothesis == "straight" else k_search
         if agree >= k:
-            best["detected"] = True
+            best.update(detected=True, id=wm_id, bits_agreeing=agree, bit_agreement=round(agree / wm.BITS, 4),
+                        hypothesis=hypothesis, threshold=k)
             return best
     best["id"] = None  # below threshold: the nearest id means nothing
     return best

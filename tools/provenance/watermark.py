@@ -252,21 +252,30 @@ def binomial_tail(n: int, k: int) -> float:
     return sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n
 
 
-def threshold(registered: int, *, target_fpr: float = 1e-6) -> int:
-    """Smallest bit agreement k (out of 48) with a false-positive rate <= target_fpr.
+def threshold(registered: int, *, tests_per_id: int | None = None, target_fpr: float = 1e-6) -> int:
+    """Smallest bit agreement k (out of 48) that keeps the false-positive rate <= target_fpr.
 
-    A clean image decodes to bits that behave like fair coin flips relative to any id. Detection
-    compares every hypothesis of the synchronisation search (`hypotheses()`) against every id in the
-    registry and accepts the best match when it agrees on >= k bits. By the union bound the chance
-    that an unmarked image passes is <= hypotheses * registered * P(Binomial(48, 1/2) >= k); k is the
-    smallest value that keeps this product <= 1e-6. (44 of 48 for a single test; 47 with the full
-    search over a registry of a few hundred ids.)
+    The bits read from an unmarked image behave like fair coin flips relative to any id, so one
+    comparison passes with probability P(Binomial(48, 1/2) >= k). Detection compares every
+    hypothesis it tries against every registered id; by the union bound an unmarked image passes
+    with probability <= tests_per_id * registered * P(Binomial(48, 1/2) >= k), and k is the
+    smallest value that keeps this <= target_fpr. `tests_per_id` defaults to all hypotheses.
     """
-    tests = hypotheses() * max(1, registered)
+    tests = (tests_per_id or hypotheses()) * max(1, registered)
     for k in range(BITS // 2, BITS + 1):
         if tests * binomial_tail(BITS, k) <= target_fpr:
             return k
     return BITS
+
+
+def thresholds(registered: int, *, target_fpr: float = 1e-6) -> tuple[int, int]:
+    """(straight read, synchronisation search) thresholds: the 1e-6 budget is split in half
+    between the single straight read and the rest of the search (Bonferroni with unequal
+    weights), so an image that was not cropped or flipped needs fewer agreeing bits. With the 1440
+    hypotheses: 43/46 bits for 50 registered ids, 46/48 for 10,000."""
+    straight = threshold(registered, tests_per_id=1, target_fpr=target_fpr / 2)
+    searched = threshold(registered, tests_per_id=hypotheses() - 1, target_fpr=target_fpr / 2)
+    return straight, searched
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
