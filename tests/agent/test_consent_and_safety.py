@@ -71,11 +71,15 @@ def test_consent_interrupts_before_the_engine_and_resumes_with_yes(make_app, gro
 
 
 def test_consent_declined_runs_nothing_and_tells_the_model(make_app, group_photo):
-    planner = ScriptedModel(_edit_current)
+    first_app = make_app(ScriptedModel(_edit_current))
+    first = first_app.session("t-decline").send("make them look older", images=[group_photo])
+    assert first.consent is not None
+    first_app.close()
+
+    planner = ScriptedModel(_edit_current)  # the question survives a restart
     app = make_app(planner)
     session = app.session("t-decline")
-    first = session.send("make them look older", images=[group_photo])
-    assert first.consent is not None
+    assert session.pending_consent == first.consent
     declined = session.resume(False)
     assert declined.images == [] and declined.consent is None
     assert declined.tool_calls[0]["result"]["ok"] is False
