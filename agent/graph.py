@@ -206,6 +206,11 @@ def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str,
             break
 
 
+def _next_call_or_plan(state: TurnState) -> Literal["screen_call", "plan"]:
+    """After a call is done (or dropped): the next queued call, else back to the model."""
+    return "screen_call" if state.get("queue") else "plan"
+
+
 def _is_repeat(name: str, args: dict[str, Any], state: TurnState) -> bool:
     """A call that already succeeded this turn, or the same call re-applied to the image it made."""
     def without_image(a: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +277,7 @@ def build_graph(services: Services, checkpointer=None):
     def after_request(state: TurnState) -> Literal["plan", "screen_call", "__end__"]:
         if state.get("refused"):
             return END
-        return "screen_call" if state.get("queue") else "plan"
+        return _next_call_or_plan(state)
 
     def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         rounds = state.get("rounds", 0)
@@ -349,7 +354,7 @@ def build_graph(services: Services, checkpointer=None):
 
     def after_call(state: TurnState) -> Literal["ask_consent", "run_tool", "screen_call", "plan"]:
         if state.get("call") is None:  # failed or refused: next call, or back to the model
-            return "screen_call" if state.get("queue") else "plan"
+            return _next_call_or_plan(state)
         if (state.get("decision") or {}).get("decision") == "consent":
             return "ask_consent"
         return "run_tool"
@@ -371,7 +376,7 @@ def build_graph(services: Services, checkpointer=None):
 
     def after_consent(state: TurnState) -> Literal["run_tool", "screen_call", "plan"]:
         if state.get("call") is None:
-            return "screen_call" if state.get("queue") else "plan"
+            return _next_call_or_plan(state)
         return "run_tool"
 
     def run_tool(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
@@ -414,7 +419,7 @@ def build_graph(services: Services, checkpointer=None):
         if state.get("stopped"):
             return END
         if state.get("call") is None:
-            return "screen_call" if state.get("queue") else "plan"
+            return _next_call_or_plan(state)
         return "screen_result"
 
     def screen_result(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
@@ -443,7 +448,7 @@ def build_graph(services: Services, checkpointer=None):
 
     def after_result(state: TurnState) -> Literal["seal", "screen_call", "plan"]:
         if state.get("call") is None:  # every result withheld
-            return "screen_call" if state.get("queue") else "plan"
+            return _next_call_or_plan(state)
         return "seal"
 
     def seal(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
@@ -487,9 +492,6 @@ def build_graph(services: Services, checkpointer=None):
             "call": None, "staged": [], "result": None, "decision": None,
         }
 
-    def after_seal(state: TurnState) -> Literal["screen_call", "plan"]:
-        return "screen_call" if state.get("queue") else "plan"
-
     graph = StateGraph(TurnState, context_schema=TurnContext)
     graph.add_node("screen_request", screen_request)
     graph.add_node("plan", plan)
@@ -505,7 +507,7 @@ def build_graph(services: Services, checkpointer=None):
     graph.add_conditional_edges("ask_consent", after_consent)
     graph.add_conditional_edges("run_tool", after_tool)
     graph.add_conditional_edges("screen_result", after_result)
-    graph.add_conditional_edges("seal", after_seal)
+    graph.add_conditional_edges("seal", _next_call_or_plan)
     return graph.compile(checkpointer=checkpointer)
 
 
