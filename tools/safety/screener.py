@@ -412,6 +412,8 @@ class PromptScreener:
         if has("document", "currency"):
             if has("forgery") or (has("forgery_weak") and not has("prop_context")):
                 found["deception"] = hits.get("document", []) + hits.get("currency", []) + hits.get("forgery", []) + hits.get("forgery_weak", [])
+        if has("paperwork") and has("forgery"):
+            found.setdefault("deception", hits["paperwork"] + hits["forgery"])
         if has("news_media") and has("real_event", "real_person"):  # fabricated record of real events or people
             found["deception"] = hits["news_media"] + hits.get("real_event", []) + hits.get("real_person", [])
         if has("public_figure"):
