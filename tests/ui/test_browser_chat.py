@@ -310,6 +310,7 @@ def test_unsupported_and_oversized_uploads_are_refused_in_the_browser(page, chat
     page.set_input_files("#upload-button-input", [str(huge)])
     page.get_by_text("File is larger than 30 MB").first.wait_for()
     _shot(page, "15-oversized-upload")
-    # nothing was attached or sent: no image anywhere, and still no thread
+    # nothing was attached or sent: the chat still holds only the banner
+    page.wait_for_timeout(500)
     assert page.locator(".message-content img").count() == 0
-    assert page.get_by_text("No threads found").is_visible()
+    assert page.locator(".message-content").count() == 1
