@@ -235,6 +235,7 @@ class TurnView:
         self.steps: dict[str, cl.Step] = {}
         self._progress_at: dict[str, float] = {}  # call id -> when its step last showed progress
         self._denoising_total: dict[str, int] = {}  # call id -> denoising steps of its run
+        self.status: dict[str, Any] | None = None  # the transient "planning…" line (a step dict)
         self.images: list[dict[str, Any]] = []
         self.answer: str = ""
         self.consent: dict[str, Any] | None = None
@@ -242,7 +243,30 @@ class TurnView:
         self.error: dict[str, Any] | None = None
         self.current: str | None = None
 
+    async def show_status(self, text: str | None) -> None:
+        """A transient line while nothing else shows progress (screening, planning: the offline
+        planner's first call loads its model); removed once a step or the answer is shown. Sent
+        through the emitter only, so it is never stored in the thread."""
+        emitter = cl.context.emitter
+        if text:
+            if self.status is None:
+                self.status = cl.Message(content="", author="Atelier").to_dict()
+                self.status.update({"output": f"_{text}…_", "createdAt": utc_now()})
+                await emitter.send_step(self.status)
+            else:
+                self.status["output"] = f"_{text}…_"
+                await emitter.update_step(self.status)
+        elif self.status is not None:
+            status, self.status = self.status, None
+            await emitter.delete_step(status)
+
     async def handle(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "status":
+            if not self.steps or all(step.end is not None for step in self.steps.values()):
+                await self.show_status(str(data.get("text") or "").rstrip(".…"))
+            return
+        if kind in ("tool_start", "consent", "answer", "refusal", "error", "done"):
+            await self.show_status(None)
         if kind == "tool_start":
             step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json",
                            parent_id=self.parent_id)
@@ -306,6 +330,7 @@ class TurnView:
 
     async def close_open_steps(self, note: str) -> None:
         """Steps that never got their tool_end (stopped, failed, disconnected) say so and end."""
+        await self.show_status(None)
         for step in self.steps.values():
             if step.end is None:
                 step.output = note
