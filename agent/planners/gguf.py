@@ -177,7 +177,15 @@ def tool_call_schema(tools: list[dict[str, Any]], refs: list[str]) -> dict[str, 
     return {"oneOf": calls}
 
 
-def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str]) -> str:
+def reply_openers() -> list[str]:
+    """How a plain-text reply may begin while deciding a request (prompts/planner/reply_openers.txt)."""
+    from agent.prompting import load_prompt
+
+    return [line.strip() for line in load_prompt("reply_openers.txt").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str], *, openers: list[str] | None = None) -> str:
     """GBNF for a reply that is either plain text or one call (a Qwen `<tool_call>` block or a
     json code fence) whose JSON follows `tool_call_schema` (tool names, enums, refs always valid)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -186,9 +194,13 @@ def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str]) -> str:
     call = call.replace("root ::=", "call ::=", 1)
     # a call may come in Qwen's tags or (as small models like to) in a json code fence: both are
     # constrained; plain text cannot contain a call's characters, so no call escapes the schema
+    if openers:  # deciding a request: a text reply greets, asks or declines (never "Done: ...")
+        plain = "plain ::= (" + " | ".join(json.dumps(o) for o in openers) + ") [^<{`]*\n"
+    else:
+        plain = "plain ::= [^<{`\\n] [^<{`]*\n"
     return (
         'root ::= "<tool_call>\\n" call "\\n</tool_call>" | "```json\\n" call "\\n```" | plain\n'
-        "plain ::= [^<{`\\n] [^<{`]*\n" + call
+        + plain + call
     )
 
 
@@ -339,10 +351,11 @@ class GGUFPlanner(ChatModel):
             for ref in _REF_RE.findall(str(m.get("content") or "")):
                 if ref not in refs:
                     refs.append(ref)
-        key = (json.dumps(tools, sort_keys=True), tuple(refs))
+        deciding = bool(messages) and messages[-1].get("role") == "user"
+        key = (json.dumps(tools, sort_keys=True), tuple(refs), deciding)
         text = self._grammars.get(key)
         if text is None:
-            text = tool_grammar_text(tools, refs)
+            text = tool_grammar_text(tools, refs, openers=reply_openers() if deciding else None)
             self._grammars = {key: text}  # one conversation at a time: keep only the latest
         return LlamaGrammar.from_string(text, verbose=False)
 

@@ -125,6 +125,18 @@ def test_grammar_accepts_text_or_one_valid_call():
     llama_grammar.LlamaGrammar.from_string(text, verbose=False)  # parses
 
 
+def test_deciding_grammar_limits_how_plain_text_begins():
+    pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python not installed")
+    from agent.planners.gguf import reply_openers, tool_grammar_text
+
+    openers = reply_openers()
+    assert "Hi" in openers and "Which" in openers and not any(o.startswith("#") for o in openers)
+    assert not any(o.lower().startswith("done") for o in openers)
+    text = tool_grammar_text(tool_json_schemas(), ["img_0123abcd"], openers=openers)
+    plain = [line for line in text.splitlines() if line.startswith("plain ::=")][0]
+    assert plain.startswith('plain ::= ("Hi" | "Hello"') and '"Which"' in plain
+
+
 def _real_planner():
     try:
         import llama_cpp  # noqa: F401
