@@ -172,3 +172,8 @@ def test_optional_rivagan_layer_carries_the_id(key_dir):
     assert report["watermark"]["detected"]
     assert report["watermark"]["rivagan"]["detected"]
     assert report["watermark"]["rivagan"]["id"] == sealed.watermark_id
+
+
+def test_hypotheses_count_matches_what_the_search_tries():
+    """The union bound counts exactly the readings `candidates` yields."""
+    assert sum(1 for _ in wm.candidates(np.zeros((128, 128, 3), np.float32))) == wm.hypotheses()

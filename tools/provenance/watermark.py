@@ -140,7 +140,9 @@ def embed(image: Image.Image, wm_id: str, *, scale: float | None = None) -> Imag
 GAIN_GRID = np.round(np.arange(0.70, 1.40001, 0.01), 3)
 # Tried per view: unchanged, the usual +-20% brightness steps, and the estimate (flat images have
 # too little spread for the estimate alone).
-GAINS = (1.0, 1.2, 0.8, "estimated")
+# A wrong gain can also shift every residue by half a step, which keeps them bimodal but swaps
+# 0 and 1 (flat images, heavily clipped ones): the estimate is tried as read and inverted.
+GAINS = (1.0, 1.2, 0.8, "estimated", "estimated, inverted")
 
 
 @dataclass
@@ -223,6 +225,7 @@ def candidates(image: Image.Image | np.ndarray, *, search: bool = True):
     for gain in dict.fromkeys((1.2, 0.8, g)):
         if gain != 1.0:
             yield straight.bits(gain), f"gain={gain:g}"
+    yield 1 - straight.bits(g), f"gain={g:g} inverted"
     for roll in SYNC_ROLLS[1:]:
         yield straight.bits(1.0, roll), f"roll={roll}"
     for rot in SYNC_ROTATIONS:
@@ -230,17 +233,21 @@ def candidates(image: Image.Image | np.ndarray, *, search: bool = True):
             base = rgb[:, ::-1] if flip else rgb
             for phase in SYNC_PHASES:
                 if not flip and rot == 0 and phase == (0, 0):
-                    for gain in dict.fromkeys((1.2, 0.8, straight.estimated_gain())):
+                    for gain in dict.fromkeys((1.2, 0.8, g)):
                         if gain != 1.0:
                             for roll in SYNC_ROLLS[1:]:
                                 yield straight.bits(gain, roll), f"gain={gain:g} roll={roll}"
+                    for roll in SYNC_ROLLS[1:]:
+                        yield 1 - straight.bits(g, roll), f"gain={g:g} inverted roll={roll}"
                     continue
                 view = _rotate(base, rot) if rot else base
                 r = read(view, phase)
-                gains = (1.0, 1.2, 0.8, r.estimated_gain())
-                for gain in dict.fromkeys(gains):
+                estimate = r.estimated_gain()
+                for gain in dict.fromkeys((1.0, 1.2, 0.8, estimate)):
                     for roll in SYNC_ROLLS:
                         yield r.bits(gain, roll), f"flip={int(flip)} rot={rot:g} offset={phase} gain={gain:g} roll={roll}"
+                for roll in SYNC_ROLLS:
+                    yield 1 - r.bits(estimate, roll), f"flip={int(flip)} rot={rot:g} offset={phase} gain={estimate:g} inverted roll={roll}"
 
 
 def hypotheses() -> int:
