@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -20,17 +21,11 @@ def register(sub) -> None:
     p.add_argument("--jsonl", metavar="FILE", help='batch: lines with "id" and "text" ("-" for stdin)')
     p.add_argument("--image", metavar="FILE", help="screen an image (NSFW, public-figure gallery)")
     p.add_argument("--add-figure", metavar="NAME", help="add a public figure to the gallery from PHOTO files")
-    p.add_argument("photos", nargs="*", default=[], metavar="PHOTO", help=argparse_suppress())
+    p.add_argument("photos", nargs="*", default=[], metavar="PHOTO", help=argparse.SUPPRESS)
     p.add_argument("--gallery", metavar="DIR", help="face gallery directory (default: the profile's, or <data root>/gallery)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_profile_args(p)
     p.set_defaults(func=run)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _settings(args):
