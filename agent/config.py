@@ -50,8 +50,9 @@ class PlannerSettings(BaseModel):
     n_threads: int | None = None
     # gguf: "qwen" (Qwen template + <tool_call> parser, default) or a llama-cpp chat_format
     chat_format: str | None = None
-    # gguf: constrain the reply to plain text or one valid call (tool names, enums, known refs)
-    grammar: bool = True
+    # gguf: constrain the reply to plain text or one valid call (tool names, enums, known refs);
+    # off by default: on the dev set the 1.5B model answered worse under the grammar
+    grammar: bool = False
     # transformers / openai
     model: str | None = None
     base_url: str | None = None

@@ -372,7 +372,7 @@ class GGUFPlanner(ChatModel):
             raise ModelUnavailableError(
                 f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
             )
-        grammar = self._grammar(messages, tools) if getattr(self.settings, "grammar", True) else None
+        grammar = self._grammar(messages, tools) if getattr(self.settings, "grammar", False) else None
         out = llm.create_completion(
             tokens, max_tokens=min(self.settings.max_tokens, budget), grammar=grammar,
             temperature=self.settings.temperature, top_k=1 if self.settings.temperature == 0 else 40,
