@@ -148,7 +148,7 @@ def _real_planner():
         pytest.skip("planner GGUF not assembled (run `make model` or python -m agent.planners.gguf_assets)")
     from agent.planners.gguf import GGUFPlanner
 
-    return GGUFPlanner(settings.model_copy(update={"n_ctx": 4096}), model_path=str(path))
+    return GGUFPlanner(settings, model_path=str(path))
 
 
 @pytest.mark.gguf
