@@ -221,7 +221,7 @@ def load_lists(lists_dir: str | None = None) -> Lists:
         n = len(a.split())
         if n >= 2 and len(a) >= 8:
             fuzzy_multi.setdefault(n, []).append(a)
-        elif n == 1 and len(a) >= 8:
+        elif n == 1 and len(a) >= 6:
             fuzzy_single.append(a)
     return Lists(
         concepts=concepts,
@@ -367,10 +367,9 @@ class PromptScreener:
                     best = process.extractOne(w, list(squashed), scorer=fuzz.ratio, score_cutoff=92)
                     if best and w[0] == best[0][0]:
                         found.append(lists.figure_alias[squashed[best[0]]])
-        long_tokens = [t for t in tokens if len(t) >= 7]
-        for t in long_tokens:
-            best = process.extractOne(t, lists.fuzzy_single, scorer=fuzz.ratio, score_cutoff=88)
-            if best and t[0] == best[0][0]:
+        for t in (t for t in tokens if len(t) >= 6):
+            best = process.extractOne(t, lists.fuzzy_single, scorer=fuzz.ratio, score_cutoff=90)
+            if best and t[:2] == best[0][:2]:
                 found.append(lists.figure_alias[best[0]])
         return found
 
