@@ -182,7 +182,10 @@ def test_bench_prints_step_tool_and_memory_figures():
     buf = io.StringIO()
     figures = run(load_profile("tiny"), repeats=1, tools=("adjust_image", "revert"), out=buf)
     text = buf.getvalue()
-    assert "denoising step (64x64): median" in text
+    from tools.engines import native_sizes
+
+    width, height = native_sizes(load_profile("tiny").engine)["1:1"]
+    assert f"denoising step ({width}x{height}): median" in text
     assert "adjust_image    end to end" in text and "revert" in text
     assert "peak RSS" in text
     assert figures["step_s"] > 0 and set(figures["tools"]) == {"adjust_image", "revert"}

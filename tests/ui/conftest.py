@@ -107,13 +107,20 @@ def start_chat_server(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make browser)")
+def screenshot_dir() -> Path:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     for old in OUTPUT.glob("*.png"):  # screenshots are of this run only
         old.unlink()
+    return OUTPUT
+
+
+# Module scope, not session: playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, and asyncio tests in later modules (MCP, HTTP) cannot start theirs.
+@pytest.fixture(scope="module")
+def browser(screenshot_dir):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make browser)")
     with playwright_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
