@@ -50,3 +50,25 @@ def face_photos() -> dict[str, Path]:
             for name in SAMPLE_IMAGES:
                 (cache / name).write_bytes(wheel.read(f"insightface/data/images/{name}"))
     return {"group": cache / "t1.jpg", "portrait": cache / "Tom_Hanks_54745.png"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_root(tmp_path_factory):
+    """Every test (and every server or CLI it starts) writes under a temporary data root, never
+    the user's ~/.atelier. The offline planner's GGUF, if already assembled there, is still used
+    (`ATELIER_PLANNER__MODEL_PATH`), so the real-model tests do not re-assemble 1 GB."""
+    from agent.planners.gguf_assets import cached_path
+    from agent.config import load_profile
+
+    saved = {k: os.environ.get(k) for k in ("ATELIER_HOME", "ATELIER_PLANNER__MODEL_PATH")}
+    if not os.environ.get("ATELIER_PLANNER__MODEL_PATH"):
+        model = cached_path(load_profile("offline").planner)
+        if model.is_file():
+            os.environ["ATELIER_PLANNER__MODEL_PATH"] = str(model)
+    os.environ["ATELIER_HOME"] = str(tmp_path_factory.mktemp("atelier-home"))
+    yield Path(os.environ["ATELIER_HOME"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
