@@ -383,8 +383,23 @@ class GGUFPlanner(ChatModel):
         return parse_tool_calls(text)
 
     def _chat_handler(self, llm, messages, tools) -> PlannerReply:
+        # the handler turns each schema into a grammar: llama.cpp refuses (and crashes on) the
+        # repetitions of pydantic's maxLength/ranges, so it gets the same types without them
+        lean = []
+        for tool in tools:
+            fn = tool.get("function", tool)
+            params = fn.get("parameters") or {}
+            props = {k: _grammar_prop(v, []) or {"type": "string"} for k, v in (params.get("properties") or {}).items()}
+            for k, v in props.items():
+                if v.get("enum") == []:  # an image ref: any string
+                    props[k] = {"type": "string"}
+                elif v.get("items", {}).get("enum") == []:
+                    props[k] = {"type": "array", "items": {"type": "string"}}
+            lean.append({"type": "function", "function": {
+                "name": fn["name"], "description": fn.get("description", ""),
+                "parameters": {"type": "object", "properties": props, "required": params.get("required", [])}}})
         out = llm.create_chat_completion(
-            messages=messages, tools=tools, tool_choice="auto",
+            messages=messages, tools=lean, tool_choice="auto",
             max_tokens=self.settings.max_tokens, temperature=self.settings.temperature,
         )
         msg = out["choices"][0]["message"]
