@@ -160,3 +160,17 @@ def load_profile(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
         )
         raise ProfileError(f"profile {data.get('name')!r} is invalid: {problems}") from None
+
+
+def add_profile_arguments(parser) -> None:
+    """`--profile` and `--set` on an argparse parser (every command that builds a profile)."""
+    parser.add_argument("--profile", default=None, help="profile name or YAML path (default: $ATELIER_PROFILE or offline)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override a profile field, e.g. --set engine.steps=4 (repeatable)",
+    )
+
+
+def profile_from_arguments(args) -> Profile:
+    """The profile named by parsed `--profile` / `--set` arguments."""
+    return load_profile(getattr(args, "profile", None), parse_overrides(getattr(args, "overrides", [])))

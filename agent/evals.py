@@ -271,10 +271,10 @@ def _print_report(report: dict[str, Any], profile_name: str, out=sys.stdout) -> 
 
 
 def register_eval(subparsers) -> None:
-    from ui.cli import add_profile_args
+    from agent.config import add_profile_arguments
 
     p = subparsers.add_parser("planner", help="tool choice + argument accuracy and latency of the planner")
-    add_profile_args(p)
+    add_profile_arguments(p)
     p.add_argument("--jsonl", required=True, help="cases, one JSON object per line")
     p.add_argument("--limit", type=int, default=None, help="run only the first N cases")
     p.add_argument("--ids", default=None, help="comma-separated case ids to run")
@@ -284,9 +284,9 @@ def register_eval(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ui.cli import load_profile_from_args
+    from agent.config import profile_from_arguments
 
-    profile = load_profile_from_args(args)
+    profile = profile_from_arguments(args)
     cases = load_cases(args.jsonl)
     if args.ids:
         wanted = {i.strip() for i in args.ids.split(",") if i.strip()}

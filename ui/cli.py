@@ -31,17 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_profile_args(parser: argparse.ArgumentParser) -> None:
     """--profile and --set, shared by every subcommand that builds a profile."""
-    parser.add_argument("--profile", default=None, help="profile name or YAML path (default: $ATELIER_PROFILE or offline)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="override a profile field, e.g. --set engine.steps=4 (repeatable)",
-    )
+    from agent.config import add_profile_arguments
+
+    add_profile_arguments(parser)
 
 
 def load_profile_from_args(args: argparse.Namespace):
-    from agent.config import load_profile, parse_overrides
+    from agent.config import profile_from_arguments
 
-    return load_profile(args.profile, parse_overrides(getattr(args, "overrides", [])))
+    return profile_from_arguments(args)
 
 
 def main(argv: list[str] | None = None) -> int:
