@@ -38,6 +38,7 @@ Tool schemas are not part of the messages: the backend renders them
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable
@@ -187,13 +188,37 @@ def _trim(history: list[dict[str, Any]], max_history: int) -> list[dict[str, Any
     return kept
 
 
-def transcript_line(msg: dict[str, Any]) -> str:
-    """One earlier message as a line of the transcript the planner reads."""
+_REF_IN_TEXT = re.compile(r"\bimg_[0-9a-zA-Z]+\b")
+_TOOL_OF_ORIGIN = {"generated": "generate_image", "edited": "edit_image", "relit": "relight_image",
+                   "reframed": "reframe_image", "adjusted": "adjust_image"}
+
+
+def _made_by(images: Iterable[Any]) -> dict[str, str]:
+    """ref -> the tool that made it, for the images that a tool made (not uploads)."""
+    out = {}
+    for image in images:
+        ref, call = _get(image, "ref"), _get(image, "tool_call") or {}
+        tool = call.get("name") or _TOOL_OF_ORIGIN.get(_origin_word(image))
+        if ref and tool:
+            out[ref] = tool
+    return out
+
+
+def transcript_line(msg: dict[str, Any], made_by: dict[str, str] | None = None) -> str:
+    """One earlier message as a line of the transcript the planner reads.
+
+    An earlier assistant text that only reported a result ("Done: img_x") is shown as the tool call
+    that made that image ("Assistant called relight_image -> img_x"): a small planner imitates what
+    it sees, and the pattern to imitate must be a call, never a "Done" without one.
+    """
     role, text = msg["role"], " ".join(msg.get("content", "").split())
     if role == "user":
         return f"User: {text}"
     if role == "tool":
         return f"Tool result: {text}"
+    made = [r for r in dict.fromkeys(_REF_IN_TEXT.findall(text)) if r in (made_by or {})]
+    if made and not msg.get("tool_calls"):
+        return "\n".join(f"Assistant called {made_by[r]} -> {r}" for r in made)
     lines = [f"Assistant: {text}"] if text else []
     for call in msg.get("tool_calls") or []:
         fn = call["function"]
@@ -217,14 +242,18 @@ def build_messages(
     if user_text is not None:
         msgs.append({"role": "user", "content": user_text.strip()})
     last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
-    block = images_block(list(images), current)
+    images = list(images)
+    block = images_block(images, current)
     if last_user is None:  # no user message at all: only the images block
         return [{"role": "system", "content": system_prompt(examples=examples)},
                 {"role": "user", "content": block}, *msgs]
     earlier, turn = msgs[:last_user], msgs[last_user + 1:]
     parts = [block]
     if transcript and earlier:
-        parts.append("Conversation so far:\n" + "\n".join(transcript_line(m) for m in earlier))
+        # a ref that a replayed tool result already reports keeps the assistant's words
+        reported = {r for m in earlier if m["role"] == "tool" for r in _REF_IN_TEXT.findall(m["content"])}
+        made_by = {r: t for r, t in _made_by(images).items() if r not in reported}
+        parts.append("Conversation so far:\n" + "\n".join(transcript_line(m, made_by) for m in earlier))
     parts.append(f"Message: {msgs[last_user]['content']}")
     parts.append(load_prompt("reminder.md"))
     user = {"role": "user", "content": "\n\n".join(parts)}

@@ -73,6 +73,26 @@ def test_earlier_turns_become_a_transcript_in_order():
     assert "old system" not in str(msgs)
 
 
+def test_earlier_done_text_is_shown_as_the_call_that_made_the_image():
+    images = [
+        {"ref": "img_cccc0001", "origin": "upload", "desc": "photo of a street"},
+        {"ref": "img_cccc0002", "origin": "relight_image", "parent": "img_cccc0001", "desc": "warm light"},
+    ]
+    history = [
+        {"role": "user", "text": "warm light please"},
+        {"role": "assistant", "text": "Done: img_cccc0002, warm light from the left."},
+        {"role": "assistant", "text": "Anything else?"},
+    ]
+    content = build_messages(history=history, images=images, user_text="stronger")[-1]["content"]
+    transcript = content.split("Conversation so far:\n")[1].split("\n\nMessage:")[0].splitlines()
+    assert transcript == [
+        "User: warm light please",
+        "Assistant called relight_image -> img_cccc0002",
+        "Assistant: Anything else?",
+    ]
+    assert "Done" not in transcript[1]
+
+
 def test_history_as_messages_kept_in_order_and_normalized():
     msgs = build_messages(history=HISTORY, images=IMAGES, user_text="now black", transcript=False)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
