@@ -247,6 +247,23 @@ def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, 
     return "".join(out)
 
 
+def repair_tool_names(reply: PlannerReply, tools: list[dict[str, Any]]) -> PlannerReply:
+    """A call to a tool that does not exist (`crop`, `rotate_image`) is renamed to the one tool
+    whose parameters include all of its arguments besides `image`; otherwise it is left as is."""
+    params = {}
+    for tool in tools:
+        fn = tool.get("function", tool)
+        params[fn["name"]] = set(((fn.get("parameters") or {}).get("properties") or {}))
+    for call in reply.tool_calls:
+        keys = set(call.args) - {"image"}
+        if call.name in params or not keys:
+            continue
+        fits = [name for name, props in params.items() if keys <= props and "image" in props]
+        if len(fits) == 1:
+            call.name = fits[0]
+    return reply
+
+
 class GGUFPlanner(ChatModel):
     """`ChatModel` over a local GGUF Qwen model (see the module docstring)."""
 
@@ -380,7 +397,7 @@ class GGUFPlanner(ChatModel):
         )
         text = out["choices"][0]["text"]
         self.last_usage = out.get("usage", {})
-        return parse_tool_calls(text)
+        return repair_tool_names(parse_tool_calls(text), tools)
 
     def _chat_handler(self, llm, messages, tools) -> PlannerReply:
         # the handler turns each schema into a grammar: llama.cpp refuses (and crashes on) the

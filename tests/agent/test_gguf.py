@@ -7,7 +7,8 @@ import pytest
 
 from agent.config import PlannerSettings, load_profile
 from agent.planners import gguf_assets
-from agent.planners.gguf import render_qwen
+from agent.planners.base import PlannerReply, ToolCall
+from agent.planners.gguf import render_qwen, repair_tool_names
 from agent.prompting import build_messages
 from tools.errors import ModelUnavailableError
 from tools.schemas import tool_json_schemas
@@ -98,6 +99,18 @@ def test_system_prefix_is_identical_across_turns():
                                    user_text="other"), tool_json_schemas())
     head = a.split("<|im_end|>")[0]
     assert b.startswith(head)  # llama.cpp reuses the evaluated prefix
+
+
+def test_made_up_tool_name_is_repaired_only_when_one_tool_fits():
+    tools = tool_json_schemas()
+    reply = PlannerReply(text="", tool_calls=[
+        ToolCall(name="crop", args={"image": "img_aaaa0001", "crop": [0, 0, 1, 0.5]}),
+        ToolCall(name="rotate_image", args={"image": "img_aaaa0001", "rotate_deg": -90}),
+        ToolCall(name="make_it_nice", args={"image": "img_aaaa0001", "style": "pro"}),
+        ToolCall(name="relight_image", args={"image": "img_aaaa0001", "crop": [0, 0, 1, 1]}),
+    ])
+    names = [c.name for c in repair_tool_names(reply, tools).tool_calls]
+    assert names == ["adjust_image", "adjust_image", "make_it_nice", "relight_image"]
 
 
 def test_call_schema_limits_names_enums_and_refs():
