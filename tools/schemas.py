@@ -79,7 +79,7 @@ class ReframeImage(ToolArgs):
     aspect_ratio: AspectRatio | None = None
     zoom: float | None = Field(None, ge=0.5, le=3.0, description="< 1 zooms out and outpaints, > 1 zooms in")
     camera_azimuth: float | None = Field(
-        None, ge=-180, le=180, description="Degrees; camera to the subject's left = positive, to the subject's right = negative"
+        None, ge=-180, le=180, description="Degrees; positive turns the camera to the subject's left"
     )
     camera_elevation: float | None = Field(
         None, ge=-60, le=60, description="Degrees; positive looks down from above"
@@ -88,7 +88,7 @@ class ReframeImage(ToolArgs):
 
 
 class AdjustImage(ToolArgs):
-    """Exact photo adjustments: brightness, white balance, contrast, saturation, rotate/straighten, crop."""
+    """Exact, deterministic photo adjustments with no generative model."""
 
     image: ImageRef
     exposure_ev: float | None = Field(None, ge=-3, le=3, description="Exposure change in stops")
@@ -97,9 +97,9 @@ class AdjustImage(ToolArgs):
     )
     contrast: float | None = Field(None, ge=0.0, le=3.0, description="1 = unchanged")
     saturation: float | None = Field(None, ge=0.0, le=3.0, description="1 = unchanged, 0 = greyscale")
-    rotate_deg: float | None = Field(None, ge=-360, le=360, description="Degrees, counter-clockwise positive, clockwise negative; rotate or straighten")
+    rotate_deg: float | None = Field(None, ge=-360, le=360, description="Counter-clockwise degrees")
     crop: tuple[float, float, float, float] | None = Field(
-        None, description="Part to keep: [left, top, right, bottom] as fractions 0-1"
+        None, description="[left, top, right, bottom] as fractions 0-1"
     )
 
     @field_validator("crop")
