@@ -72,3 +72,22 @@ def isolated_data_root(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def _paste_face(picture, box, portrait, portrait_box):
+    """`picture` with `portrait` pasted, scaled so that its face box lands on `box`
+    (a face replaced by another person's, for identity and gallery tests)."""
+    from PIL import Image
+
+    left, top, right, _ = box
+    pl, pt, pr, _ = portrait_box
+    scale = (right - left) / (pr - pl)
+    scaled = portrait.resize((round(portrait.width * scale), round(portrait.height * scale)), Image.LANCZOS)
+    out = picture.copy()
+    out.paste(scaled, (round(left - pl * scale), round(top - pt * scale)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def paste_face():
+    return _paste_face

@@ -25,17 +25,6 @@ def group_faces(analyzer, group):
     return analyzer.faces(group)
 
 
-def replace_face(group: Image.Image, box, portrait: Image.Image, portrait_box) -> Image.Image:
-    """Paste the portrait scaled so that its face box lands on `box`."""
-    left, top, right, bottom = box
-    pl, pt, pr, pb = portrait_box
-    scale = (right - left) / (pr - pl)
-    scaled = portrait.resize((round(portrait.width * scale), round(portrait.height * scale)), Image.LANCZOS)
-    out = group.copy()
-    out.paste(scaled, (round(left - pl * scale), round(top - pt * scale)))
-    return out
-
-
 def test_group_photo_has_six_faces_matched_one_to_one(analyzer, group, group_faces):
     assert len(group_faces) == 6
     # A smaller, shifted copy (as an edit at another resolution returns it): every face pairs with itself.
@@ -59,11 +48,11 @@ def test_two_people_swapping_places_fails_both(analyzer, group, group_faces):
     assert [c.face for c in checks if not c.same_person] == [0, 5]
 
 
-def test_replaced_face_fails_the_gate_for_that_face_only(analyzer, group, group_faces, face_photos):
+def test_replaced_face_fails_the_gate_for_that_face_only(analyzer, group, group_faces, face_photos, paste_face):
     portrait = Image.open(face_photos["portrait"]).convert("RGB")
     portrait_box = analyzer.faces(portrait)[0].box
     target = 2
-    swapped = replace_face(group, group_faces[target].box, portrait, portrait_box)
+    swapped = paste_face(group, group_faces[target].box, portrait, portrait_box)
     checks = analyzer.compare(group, swapped, source_faces=group_faces)
     assert len(checks) == 6
     failing = [c.face for c in checks if not c.same_person]
@@ -100,14 +89,14 @@ def test_backend_none_checks_nothing(group):
     assert FaceAnalyzer(IdentitySettings(backend="none")).compare(group, group) == []
 
 
-def test_gate_retries_with_new_seeds_then_full_steps_until_faces_hold(analyzer, group, group_faces, face_photos,
+def test_gate_retries_with_new_seeds_then_full_steps_until_faces_hold(analyzer, group, group_faces, face_photos, paste_face,
                                                                        tmp_path):
     from tools.image_tools import ToolContext, _gated
     from tools.settings import EngineSettings
     from tools.store import ImageStore
 
     portrait = Image.open(face_photos["portrait"]).convert("RGB")
-    swapped = replace_face(group, group_faces[1].box, portrait, analyzer.faces(portrait)[0].box)
+    swapped = paste_face(group, group_faces[1].box, portrait, analyzer.faces(portrait)[0].box)
     ctx = ToolContext(store=ImageStore(tmp_path), engine=EngineSettings(),
                       identity=IdentitySettings(max_attempts=3), analyzer=analyzer)
     calls = []

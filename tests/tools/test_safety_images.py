@@ -30,23 +30,13 @@ def demo_gallery(tmp_path_factory, face_photos, analyzer):
     return gallery_dir
 
 
-def _paste_portrait(group: Image.Image, box, portrait: Image.Image, portrait_box) -> Image.Image:
-    l, t, r, b = box
-    pl, pt, pr, pb = portrait_box
-    scale = (r - l) / (pr - pl)
-    scaled = portrait.resize((round(portrait.width * scale), round(portrait.height * scale)), Image.LANCZOS)
-    out = group.copy()
-    out.paste(scaled, (round(l - pl * scale), round(t - pt * scale)))
-    return out
-
-
-def test_gallery_refuses_a_photo_with_the_public_figure(demo_gallery, face_photos, analyzer):
+def test_gallery_refuses_a_photo_with_the_public_figure(demo_gallery, face_photos, analyzer, paste_face):
     screener = ImageScreener(SafetySettings(gallery_dir=str(demo_gallery), nsfw_backend="none"), analyzer)
     group = Image.open(face_photos["group"]).convert("RGB")
     assert screener.screen(group, stage="upload").decision == "allow"
     portrait = Image.open(face_photos["portrait"]).convert("RGB").resize((224, 224), Image.LANCZOS)
     target = analyzer.faces(group)[2]
-    composite = _paste_portrait(group, target.box, portrait, analyzer.faces(portrait)[0].box)
+    composite = paste_face(group, target.box, portrait, analyzer.faces(portrait)[0].box)
     d = screener.screen(composite, stage="result")
     assert (d.decision, d.category, d.matched) == ("refuse", "public_figure", "Tom Hanks")
 

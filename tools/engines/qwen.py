@@ -294,6 +294,14 @@ class DiffusersQwenEngine(ImageEngine):
         device = "cpu" if self.settings.cpu_offload else self.settings.device
         return [torch.Generator(device=device).manual_seed(int(seed) + i) for i in range(count)]
 
+    def _cfg_kwargs(self, *, distilled: bool, negative_prompt: str | None) -> dict:
+        """True-CFG arguments: none for distilled (Lightning) LoRAs; otherwise the profile's scale,
+        which needs a negative prompt (a blank one is the model card's default)."""
+        cfg = 1.0 if distilled else self.settings.true_cfg_scale
+        if cfg > 1:
+            return {"negative_prompt": negative_prompt or " ", "true_cfg_scale": cfg}
+        return {"true_cfg_scale": 1.0}
+
     def generate(self, prompt, *, width, height, seed, steps=None, negative_prompt=None, count=1,
                  progress=None, few_step=True):
         pipe = self.generate_pipeline()
@@ -303,11 +311,7 @@ class DiffusersQwenEngine(ImageEngine):
             kwargs = dict(prompt=prompt, width=width, height=height, num_inference_steps=n_steps,
                           num_images_per_prompt=count, generator=self._generators(seed, count),
                           callback_on_step_end=self._callback(progress, n_steps))
-            cfg = 1.0 if adapters else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
-            if cfg > 1:  # true CFG needs a negative prompt (a blank one is the model card's default)
-                kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
-            else:
-                kwargs.update(true_cfg_scale=1.0)
+            kwargs.update(self._cfg_kwargs(distilled=bool(adapters), negative_prompt=negative_prompt))
             with self._running("image", width, height):
                 images = pipe(**kwargs).images
         return [img.convert("RGB") for img in images]
@@ -326,11 +330,7 @@ class DiffusersQwenEngine(ImageEngine):
             kwargs = dict(prompt=instruction, image=list(images), width=width, height=height,
                           num_inference_steps=n_steps, generator=self._generators(seed, 1)[0],
                           callback_on_step_end=self._callback(progress, n_steps))
-            cfg = 1.0 if lightning else self.settings.true_cfg_scale  # Lightning LoRAs are distilled: no CFG
-            if cfg > 1:  # true CFG needs a negative prompt (a blank one is the model card's default)
-                kwargs.update(negative_prompt=negative_prompt or " ", true_cfg_scale=cfg)
-            else:
-                kwargs.update(true_cfg_scale=1.0)
+            kwargs.update(self._cfg_kwargs(distilled=bool(lightning), negative_prompt=negative_prompt))
             if self.settings.family == "qwen-image-2.1":
                 # One resize feeds both Qwen3-VL and the VAE in 2.1: its area is `output_resolution`^2.
                 kwargs["output_resolution"] = int(round(math.sqrt(self.edit_vae_area())))

@@ -65,9 +65,10 @@ def evaluate(rows: list[dict], screener=None) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Lines of `{"id"?, "text", ...}` from a file, or standard input when `path` is "-"."""
     rows = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = (sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")).splitlines()
     except OSError as err:
         raise AtelierError(f"cannot read {path}: {err.strerror}") from None
     for i, line in enumerate(lines, 1):

@@ -67,26 +67,12 @@ def run(args) -> int:
 
 
 def _batch(path: str, safety) -> int:
-    from tools.errors import AtelierError
     from tools.safety import PromptScreener
+    from tools.safety.evals import read_jsonl
 
     screener = PromptScreener(safety)
-    stream = sys.stdin if path == "-" else None
-    try:
-        lines = stream.read().splitlines() if stream else open(path, encoding="utf-8").read().splitlines()
-    except OSError as err:
-        raise AtelierError(f"cannot read {path}: {err.strerror}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            text = row["text"]
-            if not isinstance(text, str):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise AtelierError(f"{path}:{i}: each line must be a JSON object with a \"text\" string") from None
-        d = screener.screen(text)
+    for i, row in enumerate(read_jsonl(path), 1):
+        d = screener.screen(row["text"])
         print(json.dumps({"id": row.get("id", i), "decision": d.decision, "category": d.category, "reason": d.reason},
                          ensure_ascii=False), flush=True)
     return 0
