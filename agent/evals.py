@@ -9,6 +9,10 @@ The case's images are shown to the planner as the session's image list (refs, or
 description, the last one current), its history is replayed as the conversation, the message is
 sent, and the FIRST tool call of the reply is checked: the tool name, that its arguments validate
 against the tool contract (`tools.schemas.validate_call`; defaults filled in), and every matcher.
+The reply checked is the plan step's: when the model's first reply would be sent back for repair in
+a real turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
+arguments, a revert to the current image), the case gets that one repair round too, and the
+report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
 `le`, `gt`, `ge`, `between` [lo, hi] (inclusive), `len`, `contains_any`, `contains_all`,
 `not_contains` (case-insensitive substrings of a string, or members of a list), `present`, `absent`,
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.planners.base import ChatModel, PlannerReply
+from agent.graph import say
+from agent.planners.checking import repair_messages, review
 from agent.prompting import build_messages
 from tools.errors import AtelierError, ToolArgumentError
 from tools.schemas import tool_json_schemas, validate_call
@@ -124,6 +130,8 @@ class CaseResult:
     text: str = ""
     raw: str = ""
     seconds: float = 0.0
+    first_ok: bool = False  # the model's first reply, before the plan step's repair
+    repair: str = ""  # what the plan step sent back to the model, when it did
 
 
 def score_reply(case: dict[str, Any], reply: PlannerReply) -> CaseResult:
@@ -197,23 +205,39 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]], *,
+              repair: bool = True) -> tuple[PlannerReply, PlannerReply | None, str]:
+    """What the turn's plan step decides for a case: the model's reply and, when the plan step
+    would send it back (`agent.planners.checking.review`: unreadable, unknown refs, invalid
+    arguments, a revert to the current image), the repaired reply. Returns (first, repaired, problem)."""
+    messages = case_messages(case)
+    first = planner.chat(messages, tools)
+    refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
+    verdict = review(first, refs=refs, current=refs[-1] if refs else None) if repair else None
+    if verdict is None:
+        return first, None, ""
+    kind, problem = verdict
+    return first, planner.chat(messages + repair_messages(first, say(kind, problem=problem)), tools), problem
+
+
 def run_eval(
     planner: ChatModel,
     cases: list[dict[str, Any]],
     *,
     on_result: Callable[[CaseResult], None] | None = None,
+    repair: bool = True,
 ) -> dict[str, Any]:
-    """Run every case through `planner`; return the report (see `summarize`)."""
+    """Run every case through `planner` as the plan step would (one repair round unless
+    `repair=False`); return the report (see `summarize`)."""
     tools = tool_json_schemas()
     results = []
     for case in cases:
         t0 = time.perf_counter()
-        try:
-            reply = planner.chat(case_messages(case), tools)
-        except AtelierError:
-            raise
+        first, repaired, problem = plan_case(planner, case, tools, repair=repair)
         seconds = time.perf_counter() - t0
-        res = score_reply(case, reply)
+        res = score_reply(case, repaired or first)
+        res.first_ok = res.ok if repaired is None else score_reply(case, first).ok
+        res.repair = problem
         res.seconds = seconds
         results.append(res)
         if on_result:
@@ -231,10 +255,13 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
         t["accuracy"] = t["correct"] / t["n"]
     secs = [r.seconds for r in results]
     correct = sum(r.ok for r in results)
+    first = sum(r.first_ok for r in results)
     return {
         "cases": len(results),
         "correct": correct,
         "accuracy": correct / len(results) if results else 0.0,
+        "first_reply_correct": first,  # before the plan step's repair round
+        "repaired": sum(bool(r.repair) for r in results),
         "per_tool": dict(sorted(per_tool.items())),
         "latency_s": {
             "mean": sum(secs) / len(secs) if secs else 0.0,
@@ -264,6 +291,8 @@ def _print_report(report: dict[str, Any], profile_name: str, out=sys.stdout) -> 
     lat = report["latency_s"]
     print(f"planner eval ({profile_name}): {report['correct']}/{report['cases']} correct "
           f"= {report['accuracy']:.1%}", file=out)
+    print(f"  first reply (before the plan step's repair round): {report['first_reply_correct']}/{report['cases']}; "
+          f"sent back for repair: {report['repaired']}", file=out)
     for tool, t in report["per_tool"].items():
         print(f"  {tool:<16} {t['correct']:>3}/{t['n']:<3} {t['accuracy']:.0%}", file=out)
     print(f"latency per turn: mean {lat['mean']:.2f} s, p50 {lat['p50']:.2f} s, p90 {lat['p90']:.2f} s, "
@@ -280,6 +309,8 @@ def register_eval(subparsers) -> None:
     p.add_argument("--ids", default=None, help="comma-separated case ids to run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="print every case as it finishes")
+    p.add_argument("--no-repair", action="store_true",
+                   help="score the model's first reply only (no repair round, unlike a real turn)")
     p.set_defaults(func=run)
 
 
@@ -303,9 +334,11 @@ def run(args) -> int:
             detail = "" if r.ok else f"  [{r.reason}] args={json.dumps(r.args, ensure_ascii=False)[:200]}"
             if not r.ok and r.got == "none" and r.text:
                 detail += f" text={r.text[:120]!r}"
+            if r.repair:
+                detail += f"  (repaired: {r.repair[:100]!r}; first reply {'ok' if r.first_ok else 'wrong'})"
             print(f"{mark} {r.id} {r.expected:<15} {r.seconds:5.1f}s{detail}", file=sys.stderr, flush=True)
 
-    report = run_eval(planner, cases, on_result=show)
+    report = run_eval(planner, cases, on_result=show, repair=not args.no_repair)
     report["profile"] = profile.name
     report["planner"] = {"kind": profile.planner.kind, "chat_format": getattr(profile.planner, "chat_format", None)}
     if args.json:

@@ -35,6 +35,7 @@ from langgraph.types import interrupt
 
 from agent.config import Profile
 from agent.planners.base import ChatModel
+from agent.planners.checking import REPAIR_FLAG, repair_messages, review
 from tools.errors import AtelierError, CancelledError, EngineError, ToolArgumentError
 from tools.schemas import ToolResult, tool_json_schemas, validate_call
 from tools.store import ImageStore
@@ -195,7 +196,7 @@ MAX_ATTACHED_IMAGES = 3
 def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str, Any]]) -> None:
     """Vision planners see the images they need: this turn's uploads and the current image,
     as local paths on the last user message (`image_paths`), loaded only for the model call."""
-    users = [m for m in state.get("messages", []) if m.get("role") == "user"]
+    users = [m for m in state.get("messages", []) if m.get("role") == "user" and not m.get(REPAIR_FLAG)]
     refs = list((users[-1].get("images") or []) if users else [])
     if state.get("current") and state["current"] not in refs:
         refs.append(state["current"])
@@ -300,18 +301,23 @@ def build_graph(services: Services, checkpointer=None):
             _audit(services, runtime, "planner_error", message=message)
             return {"answer": answer, "error": {"code": code, "message": message},
                     "messages": [{"role": "assistant", "content": answer}]}
-        if reply.malformed and not reply.tool_calls:
-            problem = "; ".join(m[:300] for m in reply.malformed)
-            _audit(services, runtime, "malformed_call", raw=reply.raw[:2000], repaired=state.get("repairs", 0) < MAX_REPAIRS)
-            if state.get("repairs", 0) < MAX_REPAIRS:
-                return {
-                    "rounds": rounds + 1, "repairs": state.get("repairs", 0) + 1,
-                    "messages": [{"role": "assistant", "content": reply.raw or reply.text},
-                                 {"role": "user", "content": say("repair", problem=problem)}],
-                }
-            answer = say("repair_failed")
-            return {"rounds": rounds + 1, "answer": answer,
-                    "messages": [{"role": "assistant", "content": answer}]}
+        # an unreadable reply, or calls that cannot run as given (unknown refs, invalid arguments, a
+        # revert to the current image): back to the model once, with the problems spelled out
+        refs = [v.ref for v in services.store.history(runtime.context.thread_id)]
+        verdict = review(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None))
+        if verdict is not None:
+            kind, problem = verdict
+            can_repair = state.get("repairs", 0) < MAX_REPAIRS
+            _audit(services, runtime, "malformed_call" if kind == "repair" else "call_problem",
+                   raw=reply.raw[:2000], problem=problem[:2000], repaired=can_repair)
+            if can_repair:
+                return {"rounds": rounds + 1, "repairs": state.get("repairs", 0) + 1,
+                        "messages": repair_messages(reply, say(kind, problem=problem))}
+            if kind == "repair":
+                answer = say("repair_failed")
+                return {"rounds": rounds + 1, "answer": answer,
+                        "messages": [{"role": "assistant", "content": answer}]}
+            # calls that still have problems go on: screen_call's validation returns them as tool errors
         # small models repeat themselves after reading a tool result: drop the repeats
         calls = [c.as_dict() for c in reply.tool_calls if not _is_repeat(c.name, c.args, state)]
         if calls:

@@ -43,6 +43,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable
 
+from agent.planners.checking import REPAIR_FLAG
+
 PROMPT_PACKAGE = "prompts.planner"
 _ORIGIN_WORDS = {
     "upload": "uploaded original",
@@ -133,11 +135,33 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
     return lines
 
 
+def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
+    """Where "undo" and "the original" lead from the current image, read off the version tree.
+
+    `Undo goes back to img_p; the original is img_r.` (empty when the current image has no parent):
+    a small planner copies a ref it is shown far more reliably than it walks the `from` links.
+    """
+    images = [im for im in images if _get(im, "ref")]
+    parents = {_get(im, "ref"): _get(im, "parent") for im in images}
+    if current is None and images:
+        current = _get(images[-1], "ref")
+    parent = parents.get(current)
+    if not parent:
+        return ""
+    root, seen = parent, {current}
+    while parents.get(root) and root not in seen:
+        seen.add(root)
+        root = parents[root]
+    return f"Undo goes back to {parent}; the original is {root}."
+
+
 def images_block(images: Iterable[Any], current: str | None = None) -> str:
+    images = list(images)
     lines = image_lines(images, current)
     if not lines:
         return "Images in this chat: none."
-    return "Images in this chat (oldest first):\n" + "\n".join(lines)
+    shortcuts = history_shortcuts(images, current)
+    return "Images in this chat (oldest first):\n" + "\n".join(lines) + (f"\n{shortcuts}" if shortcuts else "")
 
 
 def _flat_call(call: Any) -> dict[str, Any]:
@@ -168,6 +192,8 @@ def normalize_message(msg: Any) -> dict[str, Any] | None:
     if isinstance(content, list):  # multimodal content parts: keep the text
         content = "\n".join(str(_get(p, "text", "")) for p in content if _get(p, "type", "text") == "text")
     out: dict[str, Any] = {"role": role, "content": str(content or "")}
+    if _get(msg, REPAIR_FLAG):
+        out[REPAIR_FLAG] = True
     if role == "assistant" and _get(msg, "tool_calls"):
         out["tool_calls"] = [_flat_call(c) for c in _get(msg, "tool_calls")]
     if role == "tool":
@@ -194,13 +220,17 @@ _TOOL_OF_ORIGIN = {"generated": "generate_image", "edited": "edit_image", "relit
 
 
 def _made_by(images: Iterable[Any]) -> dict[str, str]:
-    """ref -> the tool that made it, for the images that a tool made (not uploads)."""
+    """ref -> how a tool made it (`relight_image on img_p`), for the images a tool made (not uploads)."""
     out = {}
     for image in images:
         ref, call = _get(image, "ref"), _get(image, "tool_call") or {}
         tool = call.get("name") or _TOOL_OF_ORIGIN.get(_origin_word(image))
         if ref and tool:
-            out[ref] = tool
+            parent, args = _get(image, "parent"), call.get("args") or call.get("arguments")
+            if isinstance(args, dict) and args:
+                out[ref] = f"{tool} {json.dumps(args, ensure_ascii=False)}"
+            else:
+                out[ref] = f"{tool} on {parent}" if parent else tool
     return out
 
 
@@ -241,13 +271,15 @@ def build_messages(
     msgs = _trim(msgs, max_history)
     if user_text is not None:
         msgs.append({"role": "user", "content": user_text.strip()})
-    last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+    # the user's request (a repair exchange after it belongs to the current turn, never replaces it)
+    last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user" and not m.get(REPAIR_FLAG)), default=None)
     images = list(images)
     block = images_block(images, current)
     if last_user is None:  # no user message at all: only the images block
         return [{"role": "system", "content": system_prompt(examples=examples)},
                 {"role": "user", "content": block}, *msgs]
     earlier, turn = msgs[:last_user], msgs[last_user + 1:]
+    earlier = [m for m in earlier if not m.get(REPAIR_FLAG)]  # finished repairs are noise to the planner
     parts = [block]
     if transcript and earlier:
         # a ref that a replayed tool result already reports keeps the assistant's words

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import yaml
 
 from tools.errors import ToolArgumentError
-from tools.schemas import ASPECT_RATIOS, TOOL_MODELS, Direction, is_ref
+from tools.schemas import ASPECT_RATIOS, DIRECTIONS, TOOL_MODELS, is_ref
 from tools.store import ImageStore
 
 _IMAGE_TOOLS = {name for name, model in TOOL_MODELS.items() if "image" in model.model_fields}
@@ -124,7 +124,7 @@ def parse_slash(text: str, *, current: str | None = None, store: ImageStore | No
 
 def _relight_words(free: list[str], args: dict[str, Any]) -> list[str]:
     words = slash_config()["relight_words"]
-    directions = get_args(Direction)
+    directions = DIRECTIONS
     rest = []
     for word in free:
         low = word.lower()

@@ -9,16 +9,40 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tools.errors import ToolArgumentError
 
 REF_PATTERN = r"^img_[0-9a-f]{8,64}$"
 _REF_RE = re.compile(REF_PATTERN)
 
-AspectRatio = Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"]
-ASPECT_RATIOS: tuple[str, ...] = AspectRatio.__args__  # type: ignore[attr-defined]
-Direction = Literal["left", "right", "front", "back", "top", "bottom", "top-left", "top-right"]
+_RATIO_RE = re.compile(r"^\s*(\d{1,2})\s*[:x/×]\s*(\d{1,2})\s*$", re.IGNORECASE)
+_DIRECTION_WORDS = {"upper": "top", "above": "top", "overhead": "top", "lower": "bottom", "below": "bottom",
+                    "under": "bottom", "behind": "back", "rear": "back", "backlight": "back",
+                    "frontal": "front", "ahead": "front"}
+
+
+def _ratio(value: Any) -> Any:
+    """'16x9', '16/9', ' 16 : 9 ' -> '16:9' (any other value is left for the enum to judge)."""
+    m = _RATIO_RE.match(value) if isinstance(value, str) else None
+    return f"{int(m.group(1))}:{int(m.group(2))}" if m else value
+
+
+def _direction(value: Any) -> Any:
+    """'upper left', 'Top_Left', 'from behind' -> 'top-left', 'top-left', 'back'."""
+    if not isinstance(value, str):
+        return value
+    words = [w for w in re.split(r"[\s_\-]+", value.strip().lower()) if w and w not in ("from", "the", "side")]
+    words = [_DIRECTION_WORDS.get(w, w) for w in words]
+    return "-".join(words) if words else value
+
+
+AspectRatio = Annotated[Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"], BeforeValidator(_ratio)]
+ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+Direction = Annotated[
+    Literal["left", "right", "front", "back", "top", "bottom", "top-left", "top-right"], BeforeValidator(_direction)
+]
+DIRECTIONS: tuple[str, ...] = ("left", "right", "front", "back", "top", "bottom", "top-left", "top-right")
 Softness = Literal["hard", "soft"]
 Shot = Literal["close-up", "medium", "wide"]
 
@@ -37,30 +61,34 @@ class ToolArgs(BaseModel):
 
 
 class GenerateImage(ToolArgs):
-    """Text to image: create new image(s) from a description."""
+    """Create brand-new image(s) from a text description, when there is nothing to start from."""
 
     prompt: str = Field(min_length=1, max_length=2000, description="What to draw, in detail")
-    aspect_ratio: AspectRatio = Field("1:1", description="Shape: 9:16 phone/portrait, 16:9 banner/landscape")
+    aspect_ratio: AspectRatio = Field(
+        "1:1", description="width:height; 9:16 tall (phone wallpaper, story, reel), 16:9 wide (banner, desktop)"
+    )
     count: int = Field(1, ge=1, le=4, description="How many variations (1-4)")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for reproducibility")
     negative_prompt: str | None = Field(None, max_length=1000, description="What to avoid")
 
 
 class EditImage(ToolArgs):
-    """Change the content of an image by instruction; faces stay the same person."""
+    """Change what is in an image: add, remove, replace or restyle things, people, clothes,
+    expression or background; faces stay the same person."""
 
-    image: ImageRef
+    image: ImageRef = Field(description="the photo whose scene is kept and changed")
     instruction: str = Field(min_length=1, max_length=2000, description="What to change")
     references: list[ImageRef] = Field(
         default_factory=list, max_length=3,
-        description="Other images to bring in (people, objects); group photos",
+        description="other photos whose people or things are brought into that scene",
     )
     preserve_identity: bool = Field(True, description="Keep every face the same person")
     region: str | None = Field(None, max_length=200, description='What to change, e.g. "background"')
 
 
 class RelightImage(ToolArgs):
-    """Change the light (sources, colour, mood); keep content, faces and geometry."""
+    """Change only the lighting (sun, lamp, candle, neon, moonlight; direction, colour, mood);
+    content, faces and geometry stay."""
 
     image: ImageRef
     direction: Direction | None = None
@@ -73,13 +101,17 @@ class RelightImage(ToolArgs):
 
 
 class ReframeImage(ToolArgs):
-    """Change framing or viewpoint: aspect ratio, zoom (outpaint / crop in), camera angle, shot."""
+    """Move the camera or extend the canvas: a new aspect ratio by outpainting, zoom in or out,
+    orbit around the subject, look from above or below (never rotates the picture itself)."""
 
     image: ImageRef
-    aspect_ratio: AspectRatio | None = None
+    aspect_ratio: AspectRatio | None = Field(
+        None, description="width:height; landscape is wider than tall (16:9, 3:2, 4:3), portrait taller (9:16, 2:3, 3:4)"
+    )
     zoom: float | None = Field(None, ge=0.5, le=3.0, description="< 1 zooms out and outpaints, > 1 zooms in")
     camera_azimuth: float | None = Field(
-        None, ge=-180, le=180, description="Degrees; positive turns the camera to the subject's left"
+        None, ge=-180, le=180,
+        description="Degrees the camera orbits: positive toward the subject's left, negative toward the subject's right",
     )
     camera_elevation: float | None = Field(
         None, ge=-60, le=60, description="Degrees; positive looks down from above"
@@ -88,7 +120,8 @@ class ReframeImage(ToolArgs):
 
 
 class AdjustImage(ToolArgs):
-    """Exact, deterministic photo adjustments with no generative model."""
+    """Exact photo settings, no generative model: brightness (exposure stops), white balance (a
+    colour cast, kelvin), contrast, saturation, rotate or straighten the picture, crop."""
 
     image: ImageRef
     exposure_ev: float | None = Field(None, ge=-3, le=3, description="Exposure change in stops")
@@ -116,7 +149,7 @@ class AdjustImage(ToolArgs):
 class Revert(ToolArgs):
     """Make an earlier version the current one (undo, go back, branch from there)."""
 
-    image: ImageRef
+    image: ImageRef = Field(description="the earlier version to go back to, never the current one")
 
 
 TOOL_MODELS: dict[str, type[ToolArgs]] = {
@@ -158,7 +191,7 @@ def tool_json_schemas() -> list[dict[str, Any]]:
             prop.pop("title", None)
         out.append({
             "type": "function",
-            "function": {"name": name, "description": (model.__doc__ or "").strip(), "parameters": schema},
+            "function": {"name": name, "description": " ".join((model.__doc__ or "").split()), "parameters": schema},
         })
     return out
 

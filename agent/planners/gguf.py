@@ -102,6 +102,9 @@ def _prop_type(prop: dict[str, Any]) -> str:
     return "any"
 
 
+_GENERIC_REF_NOTE = "Short id of a stored image version"
+
+
 def tool_signature(tool: dict[str, Any]) -> str:
     """One compact line per tool: `name(arg: type, opt?: type = default) - description`.
 
@@ -119,7 +122,7 @@ def tool_signature(tool: dict[str, Any]) -> str:
         if default not in (None, [], {}):
             text += f" = {_compact(default)}"
         note = (prop.get("description") or "").strip()
-        if note and not str(prop.get("pattern", "")).startswith("^img_") and "img_" not in text:
+        if note and not note.startswith(_GENERIC_REF_NOTE):  # a ref's own role is kept, the generic note not
             text += f" ({note})"
         args.append(text)
     desc = (fn.get("description") or "").strip()

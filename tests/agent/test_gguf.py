@@ -83,8 +83,10 @@ def test_render_qwen_template():
         "generate_image", "edit_image", "relight_image", "reframe_image", "adjust_image", "revert"]
     assert tools_block[0].startswith('generate_image(prompt: string (What to draw, in detail), aspect_ratio?: "1:1"|"16:9"|')
     assert "count?: int 1..4 = 1 (How many variations (1-4))" in tools_block[0]
-    assert "edit_image(image: img_ref, instruction: string" in tools_block[1]
-    assert tools_block[5].startswith("revert(image: img_ref)")
+    # a ref argument keeps its own role; the generic "Short id of a stored image" note is dropped
+    assert "edit_image(image: img_ref (the photo whose scene is kept and changed), instruction: string" in tools_block[1]
+    assert tools_block[5].startswith("revert(image: img_ref (the earlier version to go back to")
+    assert "Short id" not in "\n".join(tools_block)
     full = render_qwen(msgs, tool_json_schemas(), compact=False)
     full_block = full.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
     assert json.loads(full_block[2])["function"]["name"] == "relight_image"

@@ -62,10 +62,10 @@ def _edit_current(messages):
     return PlannerReply(tool_calls=[ToolCall("adjust_image", {"image": current, "white_balance_k": 4000})])
 
 
-def test_tool_errors_come_back_to_the_model_as_tool_messages(make_app):
+def test_a_call_that_cannot_run_is_sent_back_once_then_errors_are_tool_messages(make_app):
     planner = ScriptedModel([
-        call("edit_image", image="img_0123456789ab", instruction="add a hat"),  # unknown ref
-        call("generate_image", prompt="a fox", aspect_ratio="5:4"),  # not an allowed aspect ratio
+        call("edit_image", image="img_0123456789ab", instruction="add a hat"),  # no such image: sent back
+        call("generate_image", prompt="a fox", aspect_ratio="5:4"),  # repair spent: runs into a tool error
         call("generate_image", prompt="a fox"),
         "Done after two mistakes.",
     ])
@@ -73,13 +73,19 @@ def test_tool_errors_come_back_to_the_model_as_tool_messages(make_app):
     result = app.session("t-errors").send("a fox please")
 
     assert result.answer == "Done after two mistakes."
-    assert [c["result"]["ok"] for c in result.tool_calls] == [False, False, True]
-    unknown = last_tool_message(planner.calls[1])
-    assert unknown["content"].startswith("ERROR:") and "img_0123456789ab" in unknown["content"]
+    assert [c["result"]["ok"] for c in result.tool_calls] == [False, True]
+    said, repair = planner.calls[1][-2:]
+    assert said["role"] == "assistant" and '"img_0123456789ab"' in said["content"]  # its call, quoted back
+    assert repair["role"] == "user" and "img_0123456789ab" in repair["content"]
+    assert "no images in this chat" in repair["content"]
+    assert "Message: a fox please" in planner.calls[1][1]["content"]  # the request is still the message
     bad_args = last_tool_message(planner.calls[2])
     assert bad_args["content"].startswith("ERROR:") and "aspect_ratio" in bad_args["content"]
     assert len(result.images) == 1
     assert result.error is None
+    # the next turn's transcript leaves the repair exchange out
+    app.session("t-errors").send("thanks")  # the script is spent: the model answers "Done."
+    assert "cannot run as given" not in planner.calls[-1][1]["content"]
 
 
 def test_a_malformed_call_is_returned_once_for_repair(make_app):

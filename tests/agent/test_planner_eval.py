@@ -30,7 +30,7 @@ class Scripted(ChatModel):
 
     def chat(self, messages, tools):
         self.seen.append((messages, tools))
-        last = messages[-1]["content"]
+        last = next(m["content"] for m in reversed(messages) if m["role"] == "user" and not m.get("repair"))
         for key, text in self.answers.items():
             if key in last:
                 return parse_tool_calls(text)
@@ -110,3 +110,32 @@ def test_load_cases_reports_bad_lines(tmp_path):
         load_cases(bad)
     with pytest.raises(EvalCaseError, match="does not exist"):
         load_cases(tmp_path / "nope.jsonl")
+
+
+def test_a_call_the_plan_step_sends_back_gets_one_repair_round_and_both_scores_are_reported():
+    case = {"id": "undo", "history": [], "message": "undo that",
+            "images": [{"ref": "img_aaaa0001", "origin": "upload", "desc": "street"},
+                       {"ref": "img_aaaa0002", "origin": "adjust_image", "parent": "img_aaaa0001", "desc": "+1 EV"}],
+            "expect": {"tool": "revert", "args": {"image": {"eq": "img_aaaa0001"}}}}
+
+    class FixesItself(ChatModel):
+        def __init__(self):
+            self.seen = []
+
+        def chat(self, messages, tools):
+            self.seen.append(messages)
+            if messages[-1].get("repair"):  # told what was wrong: goes to the version before
+                return PlannerReply(tool_calls=[ToolCall("revert", {"image": "img_aaaa0001"})])
+            return PlannerReply(raw='<tool_call>{"name": "revert"}</tool_call>',
+                                tool_calls=[ToolCall("revert", {"image": "img_aaaa0002"})])
+
+    planner = FixesItself()
+    report = run_eval(planner, [case])
+    assert report["correct"] == 1 and report["first_reply_correct"] == 0 and report["repaired"] == 1
+    repair = planner.seen[1][-1]["content"]
+    assert "img_aaaa0002 is already the current image" in repair
+    assert planner.seen[1][-2] == {"role": "assistant", "content": '<tool_call>{"name": "revert"}</tool_call>', "repair": True}
+
+    report = run_eval(FixesItself(), [case], repair=False)
+    assert report["correct"] == 0 and report["repaired"] == 0
+    assert report["failures"][0]["reason"].startswith('image: eq "img_aaaa0001" failed')

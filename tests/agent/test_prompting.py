@@ -87,9 +87,11 @@ def test_earlier_done_text_is_shown_as_the_call_that_made_the_image():
     transcript = content.split("Conversation so far:\n")[1].split("\n\nMessage:")[0].splitlines()
     assert transcript == [
         "User: warm light please",
-        "Assistant called relight_image -> img_cccc0002",
+        "Assistant called relight_image on img_cccc0001 -> img_cccc0002",
         "Assistant: Anything else?",
     ]
+    # undo and the original are read off the version tree and shown with the images
+    assert "Undo goes back to img_cccc0001; the original is img_cccc0001." in content
     assert "Done" not in transcript[1]
 
 
