@@ -11,7 +11,7 @@ sent, and the FIRST tool call of the reply is checked: the tool name, that its a
 against the tool contract (`tools.schemas.validate_call`; defaults filled in), and every matcher.
 The reply checked is the plan step's: when the model's first reply would be sent back for repair in
 a real turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
-arguments, a revert to the current image), the case gets that one repair round too, and the
+arguments, a revert to the current image, "Done" with no call), the case gets that one repair round too, and the
 report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
 `le`, `gt`, `ge`, `between` [lo, hi] (inclusive), `len`, `contains_any`, `contains_all`,
@@ -213,7 +213,7 @@ def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, An
     messages = case_messages(case)
     first = planner.chat(messages, tools)
     refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
-    verdict = review(first, refs=refs, current=refs[-1] if refs else None) if repair else None
+    verdict = review(first, refs=refs, current=refs[-1] if refs else None, deciding=True) if repair else None
     if verdict is None:
         return first, None, ""
     kind, problem = verdict

@@ -304,7 +304,8 @@ def build_graph(services: Services, checkpointer=None):
         # an unreadable reply, or calls that cannot run as given (unknown refs, invalid arguments, a
         # revert to the current image): back to the model once, with the problems spelled out
         refs = [v.ref for v in services.store.history(runtime.context.thread_id)]
-        verdict = review(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None))
+        verdict = review(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
+                         deciding=not state.get("calls"))
         if verdict is not None:
             kind, problem = verdict
             can_repair = state.get("repairs", 0) < MAX_REPAIRS
@@ -317,6 +318,7 @@ def build_graph(services: Services, checkpointer=None):
                 answer = say("repair_failed")
                 return {"rounds": rounds + 1, "answer": answer,
                         "messages": [{"role": "assistant", "content": answer}]}
+            # a second "Done" stays the answer (the user sees nothing changed and can say so);
             # calls that still have problems go on: screen_call's validation returns them as tool errors
         # small models repeat themselves after reading a tool result: drop the repeats
         calls = [c.as_dict() for c in reply.tool_calls if not _is_repeat(c.name, c.args, state)]

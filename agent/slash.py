@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from functools import cache
 from importlib import resources
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 

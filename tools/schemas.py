@@ -37,6 +37,24 @@ def _direction(value: Any) -> Any:
     return "-".join(words) if words else value
 
 
+_NUMBER_RE = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _signed_degrees(positive: tuple[str, ...], negative: tuple[str, ...]):
+    """A degrees field that also reads words: `"45 left"`, `"to the right 30"`, `"90 clockwise"`."""
+    def read(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower().replace("counter-clockwise", "counterclockwise").replace("anti-clockwise", "counterclockwise")
+        number = _NUMBER_RE.search(text)
+        if not number:
+            return value
+        words = set(re.findall(r"[a-z]+", text))
+        sign = -1 if words & set(negative) and not words & set(positive) else 1
+        return sign * abs(float(number.group())) if words & set(positive + negative) else float(number.group())
+    return BeforeValidator(read)
+
+
 AspectRatio = Annotated[Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"], BeforeValidator(_ratio)]
 ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
 Direction = Annotated[
@@ -109,7 +127,7 @@ class ReframeImage(ToolArgs):
         None, description="width:height; landscape is wider than tall (16:9, 3:2, 4:3), portrait taller (9:16, 2:3, 3:4)"
     )
     zoom: float | None = Field(None, ge=0.5, le=3.0, description="< 1 zooms out and outpaints, > 1 zooms in")
-    camera_azimuth: float | None = Field(
+    camera_azimuth: Annotated[float | None, _signed_degrees(("left",), ("right",))] = Field(
         None, ge=-180, le=180,
         description="Degrees the camera orbits: positive toward the subject's left, negative toward the subject's right",
     )
@@ -130,7 +148,9 @@ class AdjustImage(ToolArgs):
     )
     contrast: float | None = Field(None, ge=0.0, le=3.0, description="1 = unchanged")
     saturation: float | None = Field(None, ge=0.0, le=3.0, description="1 = unchanged, 0 = greyscale")
-    rotate_deg: float | None = Field(None, ge=-360, le=360, description="Counter-clockwise degrees")
+    rotate_deg: Annotated[float | None, _signed_degrees(("counterclockwise", "left"), ("clockwise", "right"))] = Field(
+        None, ge=-360, le=360, description="Counter-clockwise degrees"
+    )
     crop: tuple[float, float, float, float] | None = Field(
         None, description="[left, top, right, bottom] as fractions 0-1"
     )

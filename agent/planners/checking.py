@@ -9,7 +9,8 @@ nothing about any particular request:
 - every image argument is an image of this chat (a made-up ref, or words where a ref belongs, with
   no image at all means the user has to upload one first);
 - `revert` goes to an image other than the current one (reverting to it changes nothing);
-- `edit_image` does not give its own image as a reference.
+- `edit_image` does not give its own image as a reference;
+- before any tool ran this turn, a text reply does not say "Done" (nothing was done).
 
 A call that still has problems after the repair goes on to the turn's own validation, which
 returns the error to the model as a tool message.
@@ -17,6 +18,7 @@ returns the error to the model as a tool message.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from agent.planners.base import PlannerReply
@@ -35,43 +37,60 @@ def _image_args(args: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def call_problems(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None) -> list[str]:
-    """One readable line per problem of the reply's tool calls (empty: nothing to repair)."""
-    known = list(dict.fromkeys(refs))
-    problems: list[str] = []
-    for call in reply.tool_calls:
-        args = call.args if isinstance(call.args, dict) else {}
-        unknown = [(where, ref) for where, ref in _image_args(args) if ref not in known]
-        for where, ref in unknown:  # before validation: "not an image of this chat" reads better than a regex
-            if not known:
-                problems.append(f"{call.name}: {where} {ref!r}: there are no images in this chat yet; "
-                                "ask the user to upload the photo (or use generate_image for a new picture)")
-            else:
-                problems.append(f"{call.name}: {where} {ref!r} is not an image of this chat; "
-                                f"use one of {', '.join(known)}")
-        if unknown:
-            continue
-        try:
-            validate_call(call.name, call.args)
-        except ToolArgumentError as err:
-            problems.append(str(err))
-            continue
-        if call.name == "revert" and current and args.get("image") == current:
-            problems.append(f"revert: {current} is already the current image; "
-                            "give the earlier version to go back to")
-        if call.name == "edit_image" and args.get("image") in (args.get("references") or []):
-            problems.append("edit_image: references must be other images than image itself")
+def _problems_of(call: Any, known: list[str], current: str | None) -> list[str]:
+    args = call.args if isinstance(call.args, dict) else {}
+    unknown = [(where, ref) for where, ref in _image_args(args) if ref not in known]
+    problems = []
+    for where, ref in unknown:  # before validation: "not an image of this chat" reads better than a regex
+        if not known:
+            problems.append(f"{call.name}: {where} {ref!r}: there are no images in this chat yet; "
+                            "ask the user to upload the photo first")
+        else:
+            problems.append(f"{call.name}: {where} {ref!r} is not an image of this chat; "
+                            f"use one of {', '.join(known)}")
+    if unknown:
+        return problems
+    try:
+        validate_call(call.name, call.args)
+    except ToolArgumentError as err:
+        return [str(err)]
+    if call.name == "revert" and current and args.get("image") == current:
+        problems.append(f"revert: {current} is already the current image; give the earlier version to go back to")
+    if call.name == "edit_image" and args.get("image") in (args.get("references") or []):
+        problems.append("edit_image: references must be other images than image itself")
     return problems
 
 
-def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None) -> tuple[str, str] | None:
+def call_problems(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None) -> list[list[str]]:
+    """The problems of each of the reply's tool calls, in order (an empty list: that call can run)."""
+    known = list(dict.fromkeys(refs))
+    return [_problems_of(call, known, current) for call in reply.tool_calls]
+
+
+# a reply that reports a change as made ("Done", "Done: img_x") although no tool ran this turn
+_CLAIMS_DONE = re.compile(r"^\s*done\b", re.IGNORECASE)
+
+
+def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
+           deciding: bool = False) -> tuple[str, str] | None:
     """Whether a reply goes back to the model: `("repair", problem)` when no call could be read,
-    `("repair_call", problems)` when its calls have problems, None when it can go on. The kinds
-    name the texts of `prompts/turn.yaml` that ask for the repair."""
+    `("repair_call", problems)` when its first call has problems, None when it can go on. The
+    kinds name the texts of `prompts/turn.yaml` that ask for the repair. While `deciding` (no
+    tool has run yet this turn), a text that says "Done" without any call is sent back too
+    (`"repair_done"`): nothing changes without a tool call.
+
+    Later calls with problems do not send a good first call back: they are dropped from the reply
+    (a small model likes to add calls on images that do not exist yet, e.g. the one its first
+    call will make; the model plans again after the first result anyway)."""
     if reply.malformed and not reply.tool_calls:
         return "repair", "; ".join(m[:300] for m in reply.malformed)
-    problems = call_problems(reply, refs=refs, current=current)
-    return ("repair_call", "; ".join(problems)) if problems else None
+    if deciding and not reply.tool_calls and _CLAIMS_DONE.match(reply.text or ""):
+        return "repair_done", (reply.text or "").strip()[:200]
+    per_call = call_problems(reply, refs=refs, current=current)
+    if per_call and per_call[0]:
+        return "repair_call", "; ".join(p for problems in per_call for p in problems)
+    reply.tool_calls = [call for call, problems in zip(reply.tool_calls, per_call) if not problems]
+    return None
 
 
 def repair_messages(reply: PlannerReply, request: str) -> list[dict[str, Any]]:

@@ -150,3 +150,14 @@ def test_the_same_edit_is_not_re_applied_to_its_own_result(make_app):
     result = session.send("make it warmer")
     assert [c["args"]["image"] for c in result.tool_calls] == [first]
     assert len(result.images) == 1 and app.store.get(result.images[0]["ref"]).parent == first
+
+
+def test_done_without_a_call_is_sent_back_once(make_app):
+    planner = ScriptedModel(["Done!", call("generate_image", prompt="a kite"), "Done: your kite."])
+    app = make_app(planner)
+    result = app.session("t-done").send("draw a kite")
+
+    assert result.answer == "Done: your kite." and len(result.images) == 1
+    said, repair = planner.calls[1][-2:]
+    assert said == {"role": "assistant", "content": "Done!", "repair": True}
+    assert repair["role"] == "user" and "no tool ran" in repair["content"]

@@ -6,7 +6,9 @@ temporary directory before any test imports it (nothing is written into the chec
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="atelier-chainlit-"))
+if "CHAINLIT_APP_ROOT" not in os.environ:
+    os.environ["CHAINLIT_APP_ROOT"] = tempfile.mkdtemp(prefix="atelier-chainlit-")
+    atexit.register(shutil.rmtree, os.environ["CHAINLIT_APP_ROOT"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "tests" / "output" / "ui"

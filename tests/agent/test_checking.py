@@ -1,0 +1,117 @@
+"""What the plan step sends back to the model before anything runs, and the contract's lenient
+spellings (a call that reads "upper left" runs as "top-left")."""
+
+import pytest
+
+from agent.planners.base import PlannerReply, ToolCall
+from agent.planners.checking import call_problems, repair_messages, review
+from tools.errors import ToolArgumentError
+from tools.schemas import validate_call
+
+REFS = ["img_aaaa0001", "img_aaaa0002"]
+
+
+def reply(name, **args):
+    return PlannerReply(tool_calls=[ToolCall(name, args)])
+
+
+def problems(r, refs=REFS, current=None):
+    return [p for call in call_problems(r, refs=refs, current=current) for p in call]
+
+
+def test_a_good_call_has_no_problems():
+    assert problems(reply("relight_image", image="img_aaaa0002", direction="left"), current="img_aaaa0002") == []
+    assert review(reply("generate_image", prompt="a kite"), refs=[]) is None
+    assert review(PlannerReply(text="Which one do you mean?"), refs=REFS) is None
+
+
+def test_words_where_a_ref_belongs_with_no_images_ask_for_an_upload():
+    [problem] = problems(reply("edit_image", image="the one I uploaded", instruction="x"), refs=[])
+    assert "'the one I uploaded'" in problem and "no images in this chat" in problem
+
+
+def test_a_made_up_ref_lists_the_real_ones():
+    [problem] = problems(reply("edit_image", image="img_aaaa0003", instruction="x",
+                               references=["img_aaaa0001"]))
+    assert "img_aaaa0003" in problem and "img_aaaa0001, img_aaaa0002" in problem
+
+
+def test_revert_to_the_current_image_and_self_reference_are_problems():
+    [undo] = problems(reply("revert", image="img_aaaa0002"), current="img_aaaa0002")
+    assert "already the current image" in undo
+    assert problems(reply("revert", image="img_aaaa0001"), current="img_aaaa0002") == []
+    [self_ref] = problems(reply("edit_image", image="img_aaaa0001", instruction="add him",
+                                references=["img_aaaa0001"]))
+    assert "references" in self_ref
+
+
+def test_later_calls_with_problems_are_dropped_but_a_bad_first_call_goes_back():
+    two = PlannerReply(tool_calls=[ToolCall("generate_image", {"prompt": "a cat"}),
+                                   ToolCall("relight_image", {"image": "generated_image"})])
+    assert review(two, refs=[]) is None
+    assert [c.name for c in two.tool_calls] == ["generate_image"]
+    swapped = PlannerReply(tool_calls=[ToolCall("relight_image", {"image": "generated_image"}),
+                                       ToolCall("generate_image", {"prompt": "a cat"})])
+    kind, problem = review(swapped, refs=[])
+    assert kind == "repair_call" and "'generated_image'" in problem and len(swapped.tool_calls) == 2
+
+
+def test_invalid_arguments_and_unreadable_replies_are_told_apart():
+    kind, problem = review(reply("generate_image", prompt="x", aspect_ratio="5:4"), refs=[])
+    assert kind == "repair_call" and "aspect_ratio" in problem
+    kind, problem = review(PlannerReply(malformed=["{name: "]), refs=[])
+    assert kind == "repair" and "{name: " in problem
+
+
+def test_the_repair_exchange_quotes_the_call_and_is_flagged():
+    said, ask = repair_messages(reply("revert", image="img_aaaa0002"), "fix it")
+    assert said["role"] == "assistant" and '"revert"' in said["content"] and said["repair"]
+    assert ask == {"role": "user", "content": "fix it", "repair": True}
+
+
+@pytest.mark.parametrize("spelled, meant", [
+    ("upper left", "top-left"), ("Top_Right", "top-right"), ("from behind", "back"), ("below", "bottom"),
+    ("left", "left"),
+])
+def test_light_directions_are_read_leniently(spelled, meant):
+    assert validate_call("relight_image", {"image": "img_aaaa0001", "direction": spelled}).direction == meant
+
+
+@pytest.mark.parametrize("spelled, meant", [("9x16", "9:16"), ("16/9", "16:9"), (" 3 : 2 ", "3:2")])
+def test_aspect_ratios_are_read_leniently(spelled, meant):
+    assert validate_call("generate_image", {"prompt": "x", "aspect_ratio": spelled}).aspect_ratio == meant
+
+
+@pytest.mark.parametrize("args", [{"direction": "diagonal"}, {"direction": "lower-right"}])
+def test_directions_outside_the_enum_still_fail(args):
+    with pytest.raises(ToolArgumentError, match="direction"):
+        validate_call("relight_image", {"image": "img_aaaa0001", **args})
+
+
+@pytest.mark.parametrize("field, spelled, meant", [
+    ("camera_azimuth", "45 left", 45.0), ("camera_azimuth", "30 degrees to his right", -30.0),
+    ("camera_azimuth", -20, -20.0), ("camera_azimuth", "15", 15.0),
+])
+def test_camera_orbit_reads_the_subjects_side(field, spelled, meant):
+    assert getattr(validate_call("reframe_image", {"image": "img_aaaa0001", field: spelled}), field) == meant
+
+
+@pytest.mark.parametrize("spelled, meant", [("90 clockwise", -90.0), ("90 counter-clockwise", 90.0),
+                                            ("anti-clockwise 45", 45.0), (180, 180.0)])
+def test_rotation_reads_clockwise(spelled, meant):
+    assert validate_call("adjust_image", {"image": "img_aaaa0001", "rotate_deg": spelled}).rotate_deg == meant
+
+
+def test_degrees_without_a_number_or_out_of_range_still_fail():
+    with pytest.raises(ToolArgumentError, match="camera_azimuth"):
+        validate_call("reframe_image", {"image": "img_aaaa0001", "camera_azimuth": "a bit left"})
+    with pytest.raises(ToolArgumentError, match="camera_azimuth"):
+        validate_call("reframe_image", {"image": "img_aaaa0001", "camera_azimuth": "200 left"})
+
+
+def test_done_with_no_call_before_any_tool_ran_goes_back():
+    kind, said = review(PlannerReply(text="Done: img_aaaa0002"), refs=REFS, deciding=True)
+    assert kind == "repair_done" and said == "Done: img_aaaa0002"
+    # after a tool result "Done" is the answer; a question is never sent back
+    assert review(PlannerReply(text="Done: img_aaaa0002"), refs=REFS, deciding=False) is None
+    assert review(PlannerReply(text="Which of the two do you mean?"), refs=REFS, deciding=True) is None
