@@ -18,6 +18,7 @@ lock (a llama.cpp context is not thread-safe).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import json
@@ -35,6 +36,18 @@ from tools.errors import ModelUnavailableError
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple, Any] = {}
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp contexts before interpreter shutdown (their `__del__` fails once the
+    module globals are gone and prints a traceback on every exit)."""
+    while _MODELS:
+        _, llm = _MODELS.popitem()
+        try:
+            llm.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 TOOLS_PREAMBLE = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
