@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.planners.base import ChatModel, PlannerReply
-from agent.graph import say
-from agent.planners.checking import repair_messages, review
+from agent.planners.checking import repair_request
 from agent.prompting import build_messages
 from tools.errors import AtelierError, ToolArgumentError
 from tools.schemas import tool_json_schemas, validate_call
@@ -208,16 +207,16 @@ def _percentile(values: list[float], q: float) -> float:
 def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]], *,
               repair: bool = True) -> tuple[PlannerReply, PlannerReply | None, str]:
     """What the turn's plan step decides for a case: the model's reply and, when the plan step
-    would send it back (`agent.planners.checking.review`: unreadable, unknown refs, invalid
-    arguments, a revert to the current image), the repaired reply. Returns (first, repaired, problem)."""
+    would send it back (`agent.planners.checking.repair_request`), the repaired reply.
+    Returns (first, repaired, problem)."""
     messages = case_messages(case)
     first = planner.chat(messages, tools)
     refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
-    verdict = review(first, refs=refs, current=refs[-1] if refs else None, deciding=True) if repair else None
-    if verdict is None:
+    request = repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True) if repair else None
+    if request is None:
         return first, None, ""
-    kind, problem = verdict
-    return first, planner.chat(messages + repair_messages(first, say(kind, problem=problem)), tools), problem
+    _, problem, exchange = request
+    return first, planner.chat(messages + exchange, tools), problem
 
 
 def run_eval(

@@ -23,11 +23,8 @@ import operator
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
-from functools import cache
-from importlib import resources
 from typing import Annotated, Any, Literal, TypedDict
 
-import yaml
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -35,7 +32,8 @@ from langgraph.types import interrupt
 
 from agent.config import Profile
 from agent.planners.base import ChatModel
-from agent.planners.checking import REPAIR_FLAG, repair_messages, review
+from agent.planners.checking import repair_request
+from agent.prompting import REPAIR_FLAG, say
 from tools.errors import AtelierError, CancelledError, EngineError, ToolArgumentError
 from tools.schemas import ToolResult, tool_json_schemas, validate_call
 from tools.store import ImageStore
@@ -46,14 +44,6 @@ MAX_ROUNDS = 8  # planner calls per turn before the turn stops
 MAX_REPAIRS = 1  # malformed replies returned to the model per turn
 
 
-@cache
-def turn_texts() -> dict[str, str]:
-    """The strings of prompts/turn.yaml."""
-    return yaml.safe_load((resources.files("prompts") / "turn.yaml").read_text(encoding="utf-8"))
-
-
-def say(key: str, **values: Any) -> str:
-    return turn_texts()[key].format(**values).strip()
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -304,16 +294,15 @@ def build_graph(services: Services, checkpointer=None):
         # an unreadable reply, or calls that cannot run as given (unknown refs, invalid arguments, a
         # revert to the current image): back to the model once, with the problems spelled out
         refs = [v.ref for v in services.store.history(runtime.context.thread_id)]
-        verdict = review(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
-                         deciding=not state.get("calls"))
-        if verdict is not None:
-            kind, problem = verdict
+        request = repair_request(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
+                                 deciding=not state.get("calls"))
+        if request is not None:
+            kind, problem, exchange = request
             can_repair = state.get("repairs", 0) < MAX_REPAIRS
             _audit(services, runtime, "malformed_call" if kind == "repair" else "call_problem",
                    raw=reply.raw[:2000], problem=problem[:2000], repaired=can_repair)
             if can_repair:
-                return {"rounds": rounds + 1, "repairs": state.get("repairs", 0) + 1,
-                        "messages": repair_messages(reply, say(kind, problem=problem))}
+                return {"rounds": rounds + 1, "repairs": state.get("repairs", 0) + 1, "messages": exchange}
             if kind == "repair":
                 answer = say("repair_failed")
                 return {"rounds": rounds + 1, "answer": answer,

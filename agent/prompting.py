@@ -43,9 +43,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable
 
-from agent.planners.checking import REPAIR_FLAG
+import yaml
 
 PROMPT_PACKAGE = "prompts.planner"
+REPAIR_FLAG = "repair"  # set on the messages of a repair exchange (the transcript leaves them out)
 _ORIGIN_WORDS = {
     "upload": "uploaded original",
     "uploaded": "uploaded original",
@@ -65,6 +66,17 @@ _DESC_MAX = 140
 def load_prompt(name: str) -> str:
     """One text of `prompts/planner/` (e.g. "system.md"), stripped."""
     return (resources.files(PROMPT_PACKAGE) / name).read_text(encoding="utf-8").strip()
+
+
+@lru_cache(maxsize=None)
+def turn_texts() -> dict[str, str]:
+    """The texts the turn itself writes (`prompts/turn.yaml`: repair requests, refusals, ...)."""
+    return yaml.safe_load((resources.files("prompts") / "turn.yaml").read_text(encoding="utf-8"))
+
+
+def say(key: str, **values: Any) -> str:
+    """One text of `prompts/turn.yaml` with its {placeholders} filled."""
+    return turn_texts()[key].format(**values).strip()
 
 
 def system_prompt(*, examples: bool = True) -> str:

@@ -7,7 +7,7 @@ tool schemas, MCP tool definitions and validation of every call are derived from
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -45,22 +45,25 @@ def _signed_degrees(positive: tuple[str, ...], negative: tuple[str, ...]):
     def read(value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        text = value.strip().lower().replace("counter-clockwise", "counterclockwise").replace("anti-clockwise", "counterclockwise")
+        text = re.sub(r"\b(counter|anti)-clockwise", "counterclockwise", value.strip().lower())
         number = _NUMBER_RE.search(text)
         if not number:
-            return value
-        words = set(re.findall(r"[a-z]+", text))
-        sign = -1 if words & set(negative) and not words & set(positive) else 1
-        return sign * abs(float(number.group())) if words & set(positive + negative) else float(number.group())
+            return value  # left for the number type to refuse
+        degrees, words = float(number.group()), set(re.findall(r"[a-z]+", text))
+        if words & set(positive):
+            return abs(degrees)
+        if words & set(negative):
+            return -abs(degrees)
+        return degrees
     return BeforeValidator(read)
 
 
-AspectRatio = Annotated[Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"], BeforeValidator(_ratio)]
-ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
-Direction = Annotated[
-    Literal["left", "right", "front", "back", "top", "bottom", "top-left", "top-right"], BeforeValidator(_direction)
-]
-DIRECTIONS: tuple[str, ...] = ("left", "right", "front", "back", "top", "bottom", "top-left", "top-right")
+_AspectRatioValue = Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"]
+_DirectionValue = Literal["left", "right", "front", "back", "top", "bottom", "top-left", "top-right"]
+ASPECT_RATIOS: tuple[str, ...] = get_args(_AspectRatioValue)
+DIRECTIONS: tuple[str, ...] = get_args(_DirectionValue)
+AspectRatio = Annotated[_AspectRatioValue, BeforeValidator(_ratio)]
+Direction = Annotated[_DirectionValue, BeforeValidator(_direction)]
 Softness = Literal["hard", "soft"]
 Shot = Literal["close-up", "medium", "wide"]
 

@@ -21,12 +21,11 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from agent.planners.base import PlannerReply
+from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
+from agent.prompting import REPAIR_FLAG, say
 from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
-
-REPAIR_FLAG = "repair"  # set on the messages of a repair exchange (the transcript leaves them out)
 
 
 def _image_args(args: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -37,7 +36,7 @@ def _image_args(args: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def _problems_of(call: Any, known: list[str], current: str | None) -> list[str]:
+def _problems_of(call: ToolCall, known: list[str], current: str | None) -> list[str]:
     args = call.args if isinstance(call.args, dict) else {}
     unknown = [(where, ref) for where, ref in _image_args(args) if ref not in known]
     problems = []
@@ -98,3 +97,14 @@ def repair_messages(reply: PlannerReply, request: str) -> list[dict[str, Any]]:
     said = reply.raw or "\n".join([reply.text, *(format_tool_call(c.name, c.args) for c in reply.tool_calls)]).strip()
     return [{"role": "assistant", "content": said, REPAIR_FLAG: True},
             {"role": "user", "content": request, REPAIR_FLAG: True}]
+
+
+def repair_request(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
+                   deciding: bool = False) -> tuple[str, str, list[dict[str, Any]]] | None:
+    """What the plan step sends back for `reply` (see `review`): `(kind, problem, exchange)`, the
+    exchange being the messages to append before asking the model again; None when it can go on."""
+    verdict = review(reply, refs=refs, current=current, deciding=deciding)
+    if verdict is None:
+        return None
+    kind, problem = verdict
+    return kind, problem, repair_messages(reply, say(kind, problem=problem))
