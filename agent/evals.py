@@ -9,10 +9,15 @@ The case's images are shown to the planner as the session's image list (refs, or
 description, the last one current), its history is replayed as the conversation, the message is
 sent, and the FIRST tool call of the reply is checked: the tool name, that its arguments validate
 against the tool contract (`tools.schemas.validate_call`; defaults filled in), and every matcher.
-The reply checked is the plan step's: when the model's first reply would be sent back for repair in
-a real turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
-arguments, a revert to the current image, "Done" with no call), the case gets that one repair round too, and the
-report also gives how many first replies were right (`--no-repair` scores first replies only).
+What is checked is what the turn decides before its first tool runs:
+- the request screen first (`--no-screen` leaves it out): a request it refuses never reaches the
+  planner, so the turn makes no tool call;
+- then the plan step's reply: when the model's first reply would be sent back for repair in a real
+  turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
+  arguments, a revert to the current image, signed degrees that contradict the message, "Done" with
+  no call), the case gets that one repair round too; a call that needs an image in a case without
+  any is answered by the plan step itself (it asks for an upload).
+The report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
 `le`, `gt`, `ge`, `between` [lo, hi] (inclusive), `len`, `contains_any`, `contains_all`,
 `not_contains` (case-insensitive substrings of a string, or members of a list), `present`, `absent`,
@@ -34,7 +39,7 @@ from typing import Any, Callable
 
 from agent.planners.base import ChatModel, PlannerReply
 from agent.planners.checking import repair_request
-from agent.prompting import build_messages
+from agent.prompting import build_messages, say
 from tools.errors import AtelierError, ToolArgumentError
 from tools.schemas import tool_json_schemas, validate_call
 
@@ -130,7 +135,8 @@ class CaseResult:
     raw: str = ""
     seconds: float = 0.0
     first_ok: bool = False  # the model's first reply, before the plan step's repair
-    repair: str = ""  # what the plan step sent back to the model, when it did
+    repair: str = ""  # what the plan step did with the model's reply (or the screen's refusal), when anything
+    screened: bool = False  # refused by the request screen before the planner ran
 
 
 def score_reply(case: dict[str, Any], reply: PlannerReply) -> CaseResult:
@@ -205,18 +211,27 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]], *,
-              repair: bool = True) -> tuple[PlannerReply, PlannerReply | None, str]:
-    """What the turn's plan step decides for a case: the model's reply and, when the plan step
-    would send it back (`agent.planners.checking.repair_request`), the repaired reply.
-    Returns (first, repaired, problem)."""
+              repair: bool = True, screener: Any = None) -> tuple[PlannerReply, PlannerReply | None, str]:
+    """What the turn decides for a case before any tool runs: the request screen (`screener`, a
+    `tools.safety.PromptScreener`; None leaves it out), the model's reply, and what the plan step
+    does with it (`agent.planners.checking.repair_request`): a repair round or an answer of its
+    own. Returns (first, final or None, what happened)."""
+    message = str(case["message"])
+    if screener is not None:
+        decision = screener.screen(message)
+        if decision.refused:
+            refusal = PlannerReply(text=say("refused", reason=decision.reason))
+            return refusal, None, f"refused by the request screen ({decision.category})"
     messages = case_messages(case)
     first = planner.chat(messages, tools)
     refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
-    request = repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True) if repair else None
+    request = (repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True, message=message)
+               if repair else None)
     if request is None:
         return first, None, ""
-    _, problem, exchange = request
-    return first, planner.chat(messages + exchange, tools), problem
+    if request.answer is not None:
+        return first, PlannerReply(text=request.answer), request.problem
+    return first, planner.chat(messages + request.exchange, tools), request.problem
 
 
 def run_eval(
@@ -225,18 +240,21 @@ def run_eval(
     *,
     on_result: Callable[[CaseResult], None] | None = None,
     repair: bool = True,
+    screener: Any = None,
 ) -> dict[str, Any]:
-    """Run every case through `planner` as the plan step would (one repair round unless
+    """Run every case as the turn would up to its first tool call: the request screen (when a
+    `screener` is given), the planner, the plan step's checks (one repair round unless
     `repair=False`); return the report (see `summarize`)."""
     tools = tool_json_schemas()
     results = []
     for case in cases:
         t0 = time.perf_counter()
-        first, repaired, problem = plan_case(planner, case, tools, repair=repair)
+        first, final, problem = plan_case(planner, case, tools, repair=repair, screener=screener)
         seconds = time.perf_counter() - t0
-        res = score_reply(case, repaired or first)
-        res.first_ok = res.ok if repaired is None else score_reply(case, first).ok
+        res = score_reply(case, final or first)
+        res.first_ok = res.ok if final is None else score_reply(case, first).ok
         res.repair = problem
+        res.screened = problem.startswith("refused by the request screen")
         res.seconds = seconds
         results.append(res)
         if on_result:
@@ -260,7 +278,8 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
         "correct": correct,
         "accuracy": correct / len(results) if results else 0.0,
         "first_reply_correct": first,  # before the plan step's repair round
-        "repaired": sum(bool(r.repair) for r in results),
+        "repaired": sum(bool(r.repair) and not r.screened for r in results),
+        "refused_by_screen": sum(r.screened for r in results),
         "per_tool": dict(sorted(per_tool.items())),
         "latency_s": {
             "mean": sum(secs) / len(secs) if secs else 0.0,
@@ -291,7 +310,8 @@ def _print_report(report: dict[str, Any], profile_name: str, out=sys.stdout) -> 
     print(f"planner eval ({profile_name}): {report['correct']}/{report['cases']} correct "
           f"= {report['accuracy']:.1%}", file=out)
     print(f"  first reply (before the plan step's repair round): {report['first_reply_correct']}/{report['cases']}; "
-          f"sent back for repair: {report['repaired']}", file=out)
+          f"sent back or answered by the plan step: {report['repaired']}; "
+          f"refused by the request screen: {report['refused_by_screen']}", file=out)
     for tool, t in report["per_tool"].items():
         print(f"  {tool:<16} {t['correct']:>3}/{t['n']:<3} {t['accuracy']:.0%}", file=out)
     print(f"latency per turn: mean {lat['mean']:.2f} s, p50 {lat['p50']:.2f} s, p90 {lat['p90']:.2f} s, "
@@ -310,6 +330,8 @@ def register_eval(subparsers) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="print every case as it finishes")
     p.add_argument("--no-repair", action="store_true",
                    help="score the model's first reply only (no repair round, unlike a real turn)")
+    p.add_argument("--no-screen", action="store_true",
+                   help="leave out the request screen (a real turn refuses screened requests before planning)")
     p.set_defaults(func=run)
 
 
@@ -337,7 +359,12 @@ def run(args) -> int:
                 detail += f"  (repaired: {r.repair[:100]!r}; first reply {'ok' if r.first_ok else 'wrong'})"
             print(f"{mark} {r.id} {r.expected:<15} {r.seconds:5.1f}s{detail}", file=sys.stderr, flush=True)
 
-    report = run_eval(planner, cases, on_result=show, repair=not args.no_repair)
+    screener = None
+    if not args.no_screen:
+        from tools.safety import PromptScreener
+
+        screener = PromptScreener(profile.safety)
+    report = run_eval(planner, cases, on_result=show, repair=not args.no_repair, screener=screener)
     report["profile"] = profile.name
     report["planner"] = {"kind": profile.planner.kind, "chat_format": getattr(profile.planner, "chat_format", None)}
     if args.json:

@@ -197,6 +197,14 @@ def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str,
             break
 
 
+def _request_text(state: TurnState) -> str:
+    """This turn's request: the last user message that is not a repair exchange."""
+    for m in reversed(state.get("messages") or []):
+        if m.get("role") == "user" and not m.get(REPAIR_FLAG):
+            return str(m.get("content") or "")
+    return ""
+
+
 def _next_call_or_plan(state: TurnState) -> Literal["screen_call", "plan"]:
     """After a call is done (or dropped): the next queued call, else back to the model."""
     return "screen_call" if state.get("queue") else "plan"
@@ -295,9 +303,13 @@ def build_graph(services: Services, checkpointer=None):
         # revert to the current image): back to the model once, with the problems spelled out
         refs = [v.ref for v in services.store.history(runtime.context.thread_id)]
         request = repair_request(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
-                                 deciding=not state.get("calls"))
+                                 deciding=not state.get("calls"), message=_request_text(state))
+        if request is not None and request.answer is not None:  # e.g. an edit with no image: ask for one
+            _audit(services, runtime, "call_problem", raw=reply.raw[:2000], problem=request.problem, repaired=False)
+            return {"rounds": rounds + 1, "answer": request.answer,
+                    "messages": [{"role": "assistant", "content": request.answer}]}
         if request is not None:
-            kind, problem, exchange = request
+            kind, problem, exchange, _ = request
             can_repair = state.get("repairs", 0) < MAX_REPAIRS
             _audit(services, runtime, "malformed_call" if kind == "repair" else "call_problem",
                    raw=reply.raw[:2000], problem=problem[:2000], repaired=can_repair)

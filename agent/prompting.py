@@ -147,24 +147,38 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
     return lines
 
 
-def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
-    """Where "undo" and "the original" lead from the current image, read off the version tree.
+_STEP_NOUNS = {"edited": "edit", "relit": "relighting", "reframed": "reframing", "adjusted": "adjustment"}
 
-    `Undo goes back to img_p; the original is img_r.` (empty when the current image has no parent):
-    a small planner copies a ref it is shown far more reliably than it walks the `from` links.
+
+def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
+    """Where "undo", "the original" and "the version before the <step>" lead from the current
+    image, read off the version tree.
+
+    `Undo goes back to img_p; the original is img_r.`, then, when the current image is more than
+    one step from the original: `Before the adjustment: img_p; before the relighting: img_q.` (the
+    most recent step of each kind). Empty when the current image has no parent: a small planner copies a ref it is
+    shown far more reliably than it walks the `from` links.
     """
     images = [im for im in images if _get(im, "ref")]
-    parents = {_get(im, "ref"): _get(im, "parent") for im in images}
+    by_ref = {_get(im, "ref"): im for im in images}
     if current is None and images:
         current = _get(images[-1], "ref")
-    parent = parents.get(current)
+    parent = _get(by_ref.get(current), "parent")
     if not parent:
         return ""
-    root, seen = parent, {current}
-    while parents.get(root) and root not in seen:
-        seen.add(root)
-        root = parents[root]
-    return f"Undo goes back to {parent}; the original is {root}."
+    befores: dict[str, str] = {}  # step noun -> the version it started from (most recent first)
+    node, seen = current, set()
+    while node in by_ref and _get(by_ref[node], "parent") and node not in seen:
+        seen.add(node)
+        noun = _STEP_NOUNS.get(_origin_word(by_ref[node]))
+        up = _get(by_ref[node], "parent")
+        if noun:
+            befores.setdefault(noun, up)
+        node = up
+    text = f"Undo goes back to {parent}; the original is {node}."
+    if len(seen) > 1:  # more than one step: name where each kind of step started
+        text += " " + "; ".join(f"before the {noun}: {ref}" for noun, ref in befores.items()).capitalize() + "."
+    return text
 
 
 def images_block(images: Iterable[Any], current: str | None = None) -> str:

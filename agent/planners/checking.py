@@ -10,7 +10,16 @@ nothing about any particular request:
   no image at all means the user has to upload one first);
 - `revert` goes to an image other than the current one (reverting to it changes nothing);
 - `edit_image` does not give its own image as a reference;
-- before any tool ran this turn, a text reply does not say "Done" (nothing was done).
+- before any tool ran this turn, a text reply does not say "Done" (nothing was done);
+- read back against the user's words: a side of the subject ("to her left") or a turning sense
+  ("clockwise") the message names is the side or sense the call's signed degrees turn to
+  (`camera_azimuth` is positive to the subject's left, `rotate_deg` counter-clockwise): a small
+  model writes these signs from its own habit rather than from the contract. A turning sense
+  also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do.
+
+One thing is not sent back: a call that needs an image in a chat that has none. The model cannot
+fix that (it tends to invent an `upload_image` tool); the turn asks the user to upload instead
+(`ask_upload`; unless another call of the reply creates one).
 
 A call that still has problems after the repair goes on to the turn's own validation, which
 returns the error to the model as a tool message.
@@ -19,7 +28,7 @@ returns the error to the model as a tool message.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
@@ -36,7 +45,45 @@ def _image_args(args: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def _problems_of(call: ToolCall, known: list[str], current: str | None) -> list[str]:
+# the subject's own side ("her left", "the subject's right"); the viewer's "to the left" is not read
+_SUBJECT_SIDE = re.compile(r"\b(?:her|his|their|its|the (?:subject|person|model)'?s)\s+(left|right)\b", re.I)
+_TURN_SENSE = re.compile(r"\b(counter[- ]?clockwise|anti[- ]?clockwise|clockwise)\b", re.I)
+
+
+def _read_back(name: str, args: Any, message: str) -> list[str]:
+    """Where the call's signed degrees contradict the side or turning sense the message names."""
+    problems = []
+    sides = {m.lower() for m in _SUBJECT_SIDE.findall(message)}
+    azimuth = getattr(args, "camera_azimuth", None)
+    if name == "reframe_image" and len(sides) == 1 and azimuth:
+        said, goes = sides.pop(), ("left" if azimuth > 0 else "right")
+        if said != goes:
+            problems.append(f"reframe_image: camera_azimuth {azimuth:g} turns the camera to the subject's {goes}, "
+                            f"but the user asked for the subject's {said} (positive = the subject's left, "
+                            f"negative = the subject's right)")
+    senses = {"counter-clockwise" if m.lower() != "clockwise" else "clockwise" for m in _TURN_SENSE.findall(message)}
+    if name == "reframe_image" and senses and azimuth:
+        problems.append(f"reframe_image: the user asked to turn the picture {' or '.join(sorted(senses))}, but "
+                        "camera_azimuth moves the camera around the subject; turning the picture itself "
+                        "is adjust_image rotate_deg (positive = counter-clockwise, negative = clockwise)")
+    rotate = getattr(args, "rotate_deg", None)
+    if name == "adjust_image" and len(senses) == 1 and rotate and abs(rotate) != 180:
+        said, goes = senses.pop(), ("counter-clockwise" if rotate > 0 else "clockwise")
+        if said != goes:
+            problems.append(f"adjust_image: rotate_deg {rotate:g} turns the picture {goes}, but the user asked "
+                            f"for {said} (positive = counter-clockwise, negative = clockwise)")
+    return problems
+
+
+def needs_upload(reply: PlannerReply, known: Iterable[str]) -> bool:
+    """Every call of the reply works on an image and the chat has none (no call creates one):
+    only the user can fix that."""
+    if list(known) or not reply.tool_calls:
+        return False
+    return all(_image_args(c.args if isinstance(c.args, dict) else {}) for c in reply.tool_calls)
+
+
+def _problems_of(call: ToolCall, known: list[str], current: str | None, message: str = "") -> list[str]:
     args = call.args if isinstance(call.args, dict) else {}
     unknown = [(where, ref) for where, ref in _image_args(args) if ref not in known]
     problems = []
@@ -50,9 +97,10 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None) -> list[
     if unknown:
         return problems
     try:
-        validate_call(call.name, call.args)
+        valid = validate_call(call.name, call.args)
     except ToolArgumentError as err:
         return [str(err)]
+    problems.extend(_read_back(call.name, valid, message))
     if call.name == "revert" and current and args.get("image") == current:
         problems.append(f"revert: {current} is already the current image; give the earlier version to go back to")
     if call.name == "edit_image" and args.get("image") in (args.get("references") or []):
@@ -60,10 +108,12 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None) -> list[
     return problems
 
 
-def call_problems(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None) -> list[list[str]]:
-    """The problems of each of the reply's tool calls, in order (an empty list: that call can run)."""
+def call_problems(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
+                  message: str = "") -> list[list[str]]:
+    """The problems of each of the reply's tool calls, in order (an empty list: that call can run).
+    `message` is the user's request, for the read-back of signed degrees."""
     known = list(dict.fromkeys(refs))
-    return [_problems_of(call, known, current) for call in reply.tool_calls]
+    return [_problems_of(call, known, current, message) for call in reply.tool_calls]
 
 
 # a reply that reports a change as made ("Done", "Done: img_x") although no tool ran this turn
@@ -71,12 +121,14 @@ _CLAIMS_DONE = re.compile(r"^\s*done\b", re.IGNORECASE)
 
 
 def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
-           deciding: bool = False) -> tuple[str, str] | None:
+           deciding: bool = False, message: str = "") -> tuple[str, str] | None:
     """Whether a reply goes back to the model: `("repair", problem)` when no call could be read,
     `("repair_call", problems)` when its first call has problems, None when it can go on. The
     kinds name the texts of `prompts/turn.yaml` that ask for the repair. While `deciding` (no
     tool has run yet this turn), a text that says "Done" without any call is sent back too
-    (`"repair_done"`): nothing changes without a tool call.
+    (`"repair_done"`): nothing changes without a tool call. `("ask_upload", ...)`: the calls
+    need an image and the chat has none (none of them creates one); the turn answers with that text instead of asking the
+    model again.
 
     Later calls with problems do not send a good first call back: they are dropped from the reply
     (a small model likes to add calls on images that do not exist yet, e.g. the one its first
@@ -85,7 +137,10 @@ def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = No
         return "repair", "; ".join(m[:300] for m in reply.malformed)
     if deciding and not reply.tool_calls and _CLAIMS_DONE.match(reply.text or ""):
         return "repair_done", (reply.text or "").strip()[:200]
-    per_call = call_problems(reply, refs=refs, current=current)
+    known = list(dict.fromkeys(refs))
+    if needs_upload(reply, known):
+        return "ask_upload", f"{reply.tool_calls[0].name} needs an image and the chat has none"
+    per_call = call_problems(reply, refs=known, current=current, message=message)
     if per_call and per_call[0]:
         return "repair_call", "; ".join(p for problems in per_call for p in problems)
     reply.tool_calls = [call for call, problems in zip(reply.tool_calls, per_call) if not problems]
@@ -99,12 +154,23 @@ def repair_messages(reply: PlannerReply, request: str) -> list[dict[str, Any]]:
             {"role": "user", "content": request, REPAIR_FLAG: True}]
 
 
+class Verdict(NamedTuple):
+    """What the plan step does with a reply that cannot go on as it is: send `exchange` (the
+    messages to append) back to the model, or, when `answer` is set, end the turn with it."""
+
+    kind: str
+    problem: str
+    exchange: list[dict[str, Any]]
+    answer: str | None = None
+
+
 def repair_request(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
-                   deciding: bool = False) -> tuple[str, str, list[dict[str, Any]]] | None:
-    """What the plan step sends back for `reply` (see `review`): `(kind, problem, exchange)`, the
-    exchange being the messages to append before asking the model again; None when it can go on."""
-    verdict = review(reply, refs=refs, current=current, deciding=deciding)
+                   deciding: bool = False, message: str = "") -> Verdict | None:
+    """What the plan step does with `reply` (see `review`); None when it can go on."""
+    verdict = review(reply, refs=refs, current=current, deciding=deciding, message=message)
     if verdict is None:
         return None
     kind, problem = verdict
-    return kind, problem, repair_messages(reply, say(kind, problem=problem))
+    if kind == "ask_upload":
+        return Verdict(kind, problem, [], say(kind))
+    return Verdict(kind, problem, repair_messages(reply, say(kind, problem=problem)))

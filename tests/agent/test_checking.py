@@ -115,3 +115,66 @@ def test_done_with_no_call_before_any_tool_ran_goes_back():
     # after a tool result "Done" is the answer; a question is never sent back
     assert review(PlannerReply(text="Done: img_aaaa0002"), refs=REFS, deciding=False) is None
     assert review(PlannerReply(text="Which of the two do you mean?"), refs=REFS, deciding=True) is None
+
+
+@pytest.mark.parametrize("message, azimuth, bad", [
+    ("rotate the camera about 45 degrees to her left", -45, True),
+    ("rotate the camera about 45 degrees to her left", 45, False),
+    ("swing the camera round to his right a bit, maybe 30°", 30, True),
+    ("swing the camera round to his right a bit, maybe 30°", -30, False),
+    ("show the subject's right side", 60, True),
+    ("move the camera to the left", -45, False),  # the viewer's left: not read
+    ("from her left to his right", 45, False),  # both sides named: not read
+])
+def test_the_azimuth_sign_is_read_back_against_the_subjects_side_the_message_names(message, azimuth, bad):
+    found = [p for p in call_problems(reply("reframe_image", image="img_aaaa0001", camera_azimuth=azimuth),
+                                      refs=REFS, message=message) for p in p]
+    assert bool(found) is bad
+    if bad:
+        assert "positive = the subject's left" in found[0]
+        verdict = review(reply("reframe_image", image="img_aaaa0001", camera_azimuth=azimuth), refs=REFS,
+                         message=message)
+        assert verdict[0] == "repair_call"
+
+
+@pytest.mark.parametrize("message, degrees, bad", [
+    ("rotate it 90° clockwise", 90, True),
+    ("rotate it 90° clockwise", -90, False),
+    ("turn it anticlockwise by 90", -90, True),
+    ("turn it counter-clockwise by 90", 90, False),
+    ("turn it upside down, clockwise", 180, False),  # half a turn is both
+    ("rotate it 90 degrees", 90, False),
+])
+def test_rotate_sign_is_read_back_against_clockwise(message, degrees, bad):
+    found = [p for p in call_problems(reply("adjust_image", image="img_aaaa0001", rotate_deg=degrees),
+                                      refs=REFS, message=message) for p in p]
+    assert bool(found) is bad
+    if bad:
+        assert "positive = counter-clockwise" in found[0]
+
+
+def test_read_back_uses_the_validated_value_of_a_lenient_spelling():
+    ok = reply("reframe_image", image="img_aaaa0001", camera_azimuth="45 left")
+    assert call_problems(ok, refs=REFS, message="45 degrees to her left") == [[]]
+    wrong = reply("reframe_image", image="img_aaaa0001", camera_azimuth="45 right")
+    assert call_problems(wrong, refs=REFS, message="45 degrees to her left") != [[]]
+
+
+def test_an_edit_with_no_image_in_the_chat_is_answered_not_sent_back():
+    from agent.planners.checking import repair_request
+
+    verdict = repair_request(reply("edit_image", image="img_aaaa0009", instruction="more pro"), refs=[], deciding=True)
+    assert verdict.kind == "ask_upload" and verdict.exchange == [] and "upload" in verdict.answer
+    # a reply that also creates an image is not an upload question: the bad call goes back
+    both = PlannerReply(tool_calls=[ToolCall("relight_image", {"image": "generated"}),
+                                    ToolCall("generate_image", {"prompt": "a cat"})])
+    assert repair_request(both, refs=[]).kind == "repair_call"
+    # with images in the chat, an unknown ref is something the model can fix
+    assert repair_request(reply("edit_image", image="img_aaaa0009", instruction="x"), refs=REFS).kind == "repair_call"
+
+
+def test_a_clockwise_turn_is_not_a_camera_orbit():
+    orbit = reply("reframe_image", image="img_aaaa0001", camera_azimuth=90)
+    [problem] = [p for c in call_problems(orbit, refs=REFS, message="its sideways, rotate it 90° clockwise") for p in c]
+    assert "adjust_image rotate_deg" in problem
+    assert call_problems(orbit, refs=REFS, message="rotate the camera 90 degrees around her") == [[]]

@@ -64,7 +64,7 @@ def _edit_current(messages):
 
 def test_a_call_that_cannot_run_is_sent_back_once_then_errors_are_tool_messages(make_app):
     planner = ScriptedModel([
-        call("edit_image", image="img_0123456789ab", instruction="add a hat"),  # no such image: sent back
+        call("generate_image", prompt="a fox", count=40),  # invalid count: sent back
         call("generate_image", prompt="a fox", aspect_ratio="5:4"),  # repair spent: runs into a tool error
         call("generate_image", prompt="a fox"),
         "Done after two mistakes.",
@@ -75,9 +75,8 @@ def test_a_call_that_cannot_run_is_sent_back_once_then_errors_are_tool_messages(
     assert result.answer == "Done after two mistakes."
     assert [c["result"]["ok"] for c in result.tool_calls] == [False, True]
     said, repair = planner.calls[1][-2:]
-    assert said["role"] == "assistant" and '"img_0123456789ab"' in said["content"]  # its call, quoted back
-    assert repair["role"] == "user" and "img_0123456789ab" in repair["content"]
-    assert "no images in this chat" in repair["content"]
+    assert said["role"] == "assistant" and '"count": 40' in said["content"]  # its call, quoted back
+    assert repair["role"] == "user" and "count" in repair["content"] and "cannot run as given" in repair["content"]
     assert "Message: a fox please" in planner.calls[1][1]["content"]  # the request is still the message
     bad_args = last_tool_message(planner.calls[2])
     assert bad_args["content"].startswith("ERROR:") and "aspect_ratio" in bad_args["content"]
@@ -86,6 +85,16 @@ def test_a_call_that_cannot_run_is_sent_back_once_then_errors_are_tool_messages(
     # the next turn's transcript leaves the repair exchange out
     app.session("t-errors").send("thanks")  # the script is spent: the model answers "Done."
     assert "cannot run as given" not in planner.calls[-1][1]["content"]
+
+
+def test_an_edit_in_a_chat_without_images_asks_for_an_upload_without_asking_the_model_again(make_app):
+    planner = ScriptedModel([call("edit_image", image="img_0123456789ab", instruction="more pro")])
+    app = make_app(planner)
+    result = app.session("t-no-image").send("edit it so it looks more pro")
+
+    assert "upload" in result.answer and result.tool_calls == [] and result.images == []
+    assert len(planner.calls) == 1  # the model cannot fix a missing photo: no repair round
+    assert app.session("t-no-image").history() == []
 
 
 def test_a_malformed_call_is_returned_once_for_repair(make_app):

@@ -1,6 +1,6 @@
 """The planner's messages: system prompt from data files, image list, current marker, history."""
 
-from agent.prompting import build_messages, image_lines, load_prompt
+from agent.prompting import build_messages, history_shortcuts, image_lines, load_prompt
 from tools.store import ImageVersion
 
 IMAGES = [
@@ -93,6 +93,22 @@ def test_earlier_done_text_is_shown_as_the_call_that_made_the_image():
     # undo and the original are read off the version tree and shown with the images
     assert "Undo goes back to img_cccc0001; the original is img_cccc0001." in content
     assert "Done" not in transcript[1]
+
+
+def test_each_kind_of_earlier_step_names_the_version_it_started_from():
+    images = [
+        {"ref": "img_dddd0001", "origin": "upload", "desc": "a man on a balcony"},
+        {"ref": "img_dddd0002", "origin": "edit_image", "parent": "img_dddd0001", "desc": "night skyline"},
+        {"ref": "img_dddd0003", "origin": "relight_image", "parent": "img_dddd0002", "desc": "neon light"},
+        {"ref": "img_dddd0009", "origin": "upload", "desc": "another photo"},  # not on the current line
+        {"ref": "img_dddd0004", "origin": "edit_image", "parent": "img_dddd0003", "desc": "add a hat"},
+    ]
+    shortcuts = history_shortcuts(images, current="img_dddd0004")
+    assert shortcuts == ("Undo goes back to img_dddd0003; the original is img_dddd0001. "
+                         "Before the edit: img_dddd0003; before the relighting: img_dddd0002.")  # latest edit wins
+    # one step from the original: undo says it all
+    assert history_shortcuts(images[:2]) == "Undo goes back to img_dddd0001; the original is img_dddd0001."
+    assert history_shortcuts(images[:1]) == ""
 
 
 def test_history_as_messages_kept_in_order_and_normalized():
