@@ -14,8 +14,8 @@ What is checked is what the turn decides before its first tool runs:
   planner, so the turn makes no tool call;
 - then the plan step's reply: when the model's first reply would be sent back for repair in a real
   turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
-  arguments, a revert to the current image, signed degrees that contradict the message, "Done" with
-  no call), the case gets that one repair round too; a call that needs an image in a case without
+  arguments, a revert to the current image, signed degrees or a revert target that contradict the
+  message, "Done" with no call), the case gets that one repair round too; a call that needs an image in a case without
   any is answered by the plan step itself (it asks for an upload).
 The report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
@@ -225,8 +225,8 @@ def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, An
     messages = case_messages(case)
     first = planner.chat(messages, tools)
     refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
-    request = (repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True, message=message)
-               if repair else None)
+    request = (repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True, message=message,
+                              images=case.get("images") or []) if repair else None)
     if request is None:
         return first, None, ""
     if request.answer is not None:

@@ -301,9 +301,10 @@ def build_graph(services: Services, checkpointer=None):
                     "messages": [{"role": "assistant", "content": answer}]}
         # an unreadable reply, or calls that cannot run as given (unknown refs, invalid arguments, a
         # revert to the current image): back to the model once, with the problems spelled out
-        refs = [v.ref for v in services.store.history(runtime.context.thread_id)]
+        versions = services.store.history(runtime.context.thread_id)
+        refs = [v.ref for v in versions]
         request = repair_request(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
-                                 deciding=not state.get("calls"), message=_request_text(state))
+                                 deciding=not state.get("calls"), message=_request_text(state), images=versions)
         if request is not None and request.answer is not None:  # e.g. an edit with no image: ask for one
             _audit(services, runtime, "call_problem", raw=reply.raw[:2000], problem=request.problem, repaired=False)
             return {"rounds": rounds + 1, "answer": request.answer,

@@ -150,34 +150,41 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
 _STEP_NOUNS = {"edited": "edit", "relit": "relighting", "reframed": "reframing", "adjusted": "adjustment"}
 
 
-def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
+def version_targets(images: Iterable[Any], current: str | None = None) -> dict[str, Any]:
     """Where "undo", "the original" and "the version before the <step>" lead from the current
-    image, read off the version tree.
-
-    `Undo goes back to img_p; the original is img_r.`, then, when the current image is more than
-    one step from the original: `Before the adjustment: img_p; before the relighting: img_q.` (the
-    most recent step of each kind). Empty when the current image has no parent: a small planner copies a ref it is
-    shown far more reliably than it walks the `from` links.
-    """
+    image, read off the version tree: `{"undo": ref, "original": ref, "before": {noun: ref},
+    "steps": n}` (`before`: for each kind of step on the current image's line, the version the most
+    recent one started from; nouns of `_STEP_NOUNS`). Empty when the current image has no parent."""
     images = [im for im in images if _get(im, "ref")]
     by_ref = {_get(im, "ref"): im for im in images}
     if current is None and images:
         current = _get(images[-1], "ref")
     parent = _get(by_ref.get(current), "parent")
     if not parent:
-        return ""
-    befores: dict[str, str] = {}  # step noun -> the version it started from (most recent first)
+        return {}
+    before: dict[str, str] = {}
     node, seen = current, set()
     while node in by_ref and _get(by_ref[node], "parent") and node not in seen:
         seen.add(node)
         noun = _STEP_NOUNS.get(_origin_word(by_ref[node]))
         up = _get(by_ref[node], "parent")
         if noun:
-            befores.setdefault(noun, up)
+            before.setdefault(noun, up)
         node = up
-    text = f"Undo goes back to {parent}; the original is {node}."
-    if len(seen) > 1:  # more than one step: name where each kind of step started
-        text += " " + "; ".join(f"before the {noun}: {ref}" for noun, ref in befores.items()).capitalize() + "."
+    return {"undo": parent, "original": node, "before": before, "steps": len(seen)}
+
+
+def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
+    """`Undo goes back to img_p; the original is img_r.`, then, when the current image is more
+    than one step from the original: `Before the adjustment: img_p; before the relighting: img_q.`
+    (see `version_targets`). Empty when the current image has no parent: a small planner copies
+    a ref it is shown far more reliably than it walks the `from` links."""
+    targets = version_targets(images, current)
+    if not targets:
+        return ""
+    text = f"Undo goes back to {targets['undo']}; the original is {targets['original']}."
+    if targets["steps"] > 1:  # more than one step: name where each kind of step started
+        text += " " + "; ".join(f"before the {noun}: {ref}" for noun, ref in targets["before"].items()).capitalize() + "."
     return text
 
 

@@ -15,7 +15,9 @@ nothing about any particular request:
   ("clockwise") the message names is the side or sense the call's signed degrees turn to
   (`camera_azimuth` is positive to the subject's left, `rotate_deg` counter-clockwise): a small
   model writes these signs from its own habit rather than from the contract. A turning sense
-  also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do.
+  also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do. A revert
+  goes to the version the message names by the tree ("the original", "before the relighting";
+  `agent.prompting.version_targets`).
 
 One thing is not sent back: a call that needs an image in a chat that has none. The model cannot
 fix that (it tends to invent an `upload_image` tool); the turn asks the user to upload instead
@@ -32,7 +34,7 @@ from typing import Any, Iterable, NamedTuple
 
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
-from agent.prompting import REPAIR_FLAG, say
+from agent.prompting import REPAIR_FLAG, say, version_targets
 from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
 
@@ -75,6 +77,34 @@ def _read_back(name: str, args: Any, message: str) -> list[str]:
     return problems
 
 
+# the versions a message can name by the version tree: "the original", "before the relighting"
+_NAMES_ORIGINAL = re.compile(r"\b(?:the |my )?original\b", re.I)
+_STEP_WORDS = {  # noun of agent.prompting._STEP_NOUNS -> how a message names that step
+    "relighting": r"relight\w*|relit|(?:the )?light(?:ing)?",
+    "reframing": r"refram\w*|zoom\w*|(?:the )?crop\w*",
+    "adjustment": r"adjust\w*|brighten\w*|darken\w*",
+    "edit": r"edit\w*",
+}
+_NAMES_BEFORE = {noun: re.compile(rf"\bbefore (?:the |i |you |my )?(?:{words})\b", re.I) for noun, words in _STEP_WORDS.items()}
+
+
+def _revert_read_back(target: Any, message: str, images: list[Any], current: str | None) -> list[str]:
+    """A revert whose target is not the version the message names by the tree."""
+    if not images:
+        return []
+    tree = version_targets(images, current)
+    if not tree:
+        return []
+    named = [(f"the version before the {noun}", tree["before"][noun]) for noun, pattern in _NAMES_BEFORE.items()
+             if noun in tree["before"] and pattern.search(message)]
+    if not named and _NAMES_ORIGINAL.search(message):
+        named = [("the original", tree["original"])]
+    if len(named) != 1 or named[0][1] == target:
+        return []
+    what, ref = named[0]
+    return [f"revert: the user asked for {what}, which is {ref}, not {target}"]
+
+
 def needs_upload(reply: PlannerReply, known: Iterable[str]) -> bool:
     """Every call of the reply works on an image and the chat has none (no call creates one):
     only the user can fix that."""
@@ -83,7 +113,8 @@ def needs_upload(reply: PlannerReply, known: Iterable[str]) -> bool:
     return all(_image_args(c.args if isinstance(c.args, dict) else {}) for c in reply.tool_calls)
 
 
-def _problems_of(call: ToolCall, known: list[str], current: str | None, message: str = "") -> list[str]:
+def _problems_of(call: ToolCall, known: list[str], current: str | None, message: str = "",
+                 images: list[Any] | None = None) -> list[str]:
     args = call.args if isinstance(call.args, dict) else {}
     unknown = [(where, ref) for where, ref in _image_args(args) if ref not in known]
     problems = []
@@ -101,6 +132,8 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None, message:
     except ToolArgumentError as err:
         return [str(err)]
     problems.extend(_read_back(call.name, valid, message))
+    if call.name == "revert" and not problems:
+        problems.extend(_revert_read_back(args.get("image"), message, images or [], current))
     if call.name == "revert" and current and args.get("image") == current:
         problems.append(f"revert: {current} is already the current image; give the earlier version to go back to")
     if call.name == "edit_image" and args.get("image") in (args.get("references") or []):
@@ -109,11 +142,13 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None, message:
 
 
 def call_problems(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
-                  message: str = "") -> list[list[str]]:
+                  message: str = "", images: Iterable[Any] = ()) -> list[list[str]]:
     """The problems of each of the reply's tool calls, in order (an empty list: that call can run).
-    `message` is the user's request, for the read-back of signed degrees."""
+    `message` is the user's request and `images` the chat's versions (refs, parents, origins),
+    for the read-backs."""
     known = list(dict.fromkeys(refs))
-    return [_problems_of(call, known, current, message) for call in reply.tool_calls]
+    images = list(images)
+    return [_problems_of(call, known, current, message, images) for call in reply.tool_calls]
 
 
 # a reply that reports a change as made ("Done", "Done: img_x") although no tool ran this turn
@@ -121,7 +156,7 @@ _CLAIMS_DONE = re.compile(r"^\s*done\b", re.IGNORECASE)
 
 
 def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
-           deciding: bool = False, message: str = "") -> tuple[str, str] | None:
+           deciding: bool = False, message: str = "", images: Iterable[Any] = ()) -> tuple[str, str] | None:
     """Whether a reply goes back to the model: `("repair", problem)` when no call could be read,
     `("repair_call", problems)` when its first call has problems, None when it can go on. The
     kinds name the texts of `prompts/turn.yaml` that ask for the repair. While `deciding` (no
@@ -140,7 +175,7 @@ def review(reply: PlannerReply, *, refs: Iterable[str], current: str | None = No
     known = list(dict.fromkeys(refs))
     if needs_upload(reply, known):
         return "ask_upload", f"{reply.tool_calls[0].name} needs an image and the chat has none"
-    per_call = call_problems(reply, refs=known, current=current, message=message)
+    per_call = call_problems(reply, refs=known, current=current, message=message, images=images)
     if per_call and per_call[0]:
         return "repair_call", "; ".join(p for problems in per_call for p in problems)
     reply.tool_calls = [call for call, problems in zip(reply.tool_calls, per_call) if not problems]
@@ -165,9 +200,9 @@ class Verdict(NamedTuple):
 
 
 def repair_request(reply: PlannerReply, *, refs: Iterable[str], current: str | None = None,
-                   deciding: bool = False, message: str = "") -> Verdict | None:
+                   deciding: bool = False, message: str = "", images: Iterable[Any] = ()) -> Verdict | None:
     """What the plan step does with `reply` (see `review`); None when it can go on."""
-    verdict = review(reply, refs=refs, current=current, deciding=deciding, message=message)
+    verdict = review(reply, refs=refs, current=current, deciding=deciding, message=message, images=images)
     if verdict is None:
         return None
     kind, problem = verdict

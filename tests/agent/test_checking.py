@@ -178,3 +178,31 @@ def test_a_clockwise_turn_is_not_a_camera_orbit():
     [problem] = [p for c in call_problems(orbit, refs=REFS, message="its sideways, rotate it 90° clockwise") for p in c]
     assert "adjust_image rotate_deg" in problem
     assert call_problems(orbit, refs=REFS, message="rotate the camera 90 degrees around her") == [[]]
+
+
+TREE = [
+    {"ref": "img_eeee0001", "origin": "upload"},
+    {"ref": "img_eeee0002", "origin": "edit_image", "parent": "img_eeee0001"},
+    {"ref": "img_eeee0003", "origin": "relight_image", "parent": "img_eeee0002"},
+    {"ref": "img_eeee0004", "origin": "adjust_image", "parent": "img_eeee0003"},
+]
+TREE_REFS = [im["ref"] for im in TREE]
+
+
+@pytest.mark.parametrize("message, target, wanted", [
+    ("this got messy, go back to the original", "img_eeee0003", "img_eeee0001"),
+    ("go back to the original", "img_eeee0001", None),
+    ("hmm go back to the version before the relighting", "img_eeee0003", "img_eeee0002"),
+    ("take me back to before I relit it", "img_eeee0002", None),
+    ("back to before the edit please", "img_eeee0003", "img_eeee0001"),
+    ("undo that", "img_eeee0003", None),  # undo is the model's to read
+    ("go back to the blue one", "img_eeee0002", None),
+])
+def test_a_revert_goes_to_the_version_the_message_names_by_the_tree(message, target, wanted):
+    found = [p for c in call_problems(reply("revert", image=target), refs=TREE_REFS, current="img_eeee0004",
+                                      message=message, images=TREE) for p in c]
+    if wanted is None:
+        assert found == []
+    else:
+        [problem] = found
+        assert f"which is {wanted}, not {target}" in problem
