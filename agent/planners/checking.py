@@ -65,9 +65,9 @@ def _read_back(name: str, args: Any, message: str) -> list[str]:
                             f"negative = the subject's right)")
     senses = {"counter-clockwise" if m.lower() != "clockwise" else "clockwise" for m in _TURN_SENSE.findall(message)}
     if name == "reframe_image" and senses and azimuth:
-        problems.append(f"reframe_image: the user asked to turn the picture {' or '.join(sorted(senses))}, but "
-                        "camera_azimuth moves the camera around the subject; turning the picture itself "
-                        "is adjust_image rotate_deg (positive = counter-clockwise, negative = clockwise)")
+        problems.append(f"reframe_image cannot turn the picture {' or '.join(sorted(senses))} (camera_azimuth moves "
+                        "the camera around the subject); to turn the picture itself call adjust_image with "
+                        "rotate_deg (positive = counter-clockwise, negative = clockwise)")
     rotate = getattr(args, "rotate_deg", None)
     if name == "adjust_image" and len(senses) == 1 and rotate and abs(rotate) != 180:
         said, goes = senses.pop(), ("counter-clockwise" if rotate > 0 else "clockwise")

@@ -176,7 +176,7 @@ def test_an_edit_with_no_image_in_the_chat_is_answered_not_sent_back():
 def test_a_clockwise_turn_is_not_a_camera_orbit():
     orbit = reply("reframe_image", image="img_aaaa0001", camera_azimuth=90)
     [problem] = [p for c in call_problems(orbit, refs=REFS, message="its sideways, rotate it 90° clockwise") for p in c]
-    assert "adjust_image rotate_deg" in problem
+    assert "call adjust_image with rotate_deg" in problem
     assert call_problems(orbit, refs=REFS, message="rotate the camera 90 degrees around her") == [[]]
 
 
