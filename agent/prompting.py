@@ -86,7 +86,8 @@ def system_prompt(*, examples: bool = True) -> str:
     return "\n\n".join(parts)
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
+def get_field(obj: Any, key: str, default: Any = None) -> Any:
+    """`obj[key]` for a dict (eval cases, state), `obj.key` otherwise (store versions)."""
     if isinstance(obj, dict):
         return obj.get(key, default)
     return getattr(obj, key, default)
@@ -100,13 +101,13 @@ def _shorten(text: str, limit: int = _DESC_MAX) -> str:
 def describe_image(image: Any) -> str:
     """A short description of one version from what is known about it."""
     for key in _DESC_KEYS:
-        if _get(image, key):
-            return _shorten(_get(image, key))
-    meta = _get(image, "metadata") or {}
+        if get_field(image, key):
+            return _shorten(get_field(image, key))
+    meta = get_field(image, "metadata") or {}
     for key in _DESC_KEYS:
         if meta.get(key):
             return _shorten(meta[key])
-    call = _get(image, "tool_call") or {}
+    call = get_field(image, "tool_call") or {}
     args = call.get("args") or call.get("arguments") or {}
     if isinstance(args, dict) and args:
         for key in ("prompt", "instruction", "description"):
@@ -115,14 +116,14 @@ def describe_image(image: Any) -> str:
         shown = {k: v for k, v in args.items() if k not in ("image", "references") and v is not None}
         if shown:
             return _shorten(", ".join(f"{k}={v}" for k, v in shown.items()))
-    if _get(image, "filename"):
-        return _shorten(f"file {_get(image, 'filename')}")
+    if get_field(image, "filename"):
+        return _shorten(f"file {get_field(image, 'filename')}")
     return ""
 
 
 def _origin_word(image: Any) -> str:
-    call = _get(image, "tool_call") or {}
-    origin = _get(image, "origin") or "upload"
+    call = get_field(image, "tool_call") or {}
+    origin = get_field(image, "origin") or "upload"
     if origin == "edited" and call.get("name") in _ORIGIN_WORDS:
         origin = call["name"]
     return _ORIGIN_WORDS.get(str(origin), str(origin))
@@ -130,14 +131,14 @@ def _origin_word(image: Any) -> str:
 
 def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
     """One line per version: `#2 img_x (relit from img_y): warm light from the left (current)`."""
-    images = [im for im in images if _get(im, "ref")]
+    images = [im for im in images if get_field(im, "ref")]
     if current is None and images:
-        current = _get(images[-1], "ref")
+        current = get_field(images[-1], "ref")
     lines = []
     for n, image in enumerate(images, 1):
-        ref = _get(image, "ref")
+        ref = get_field(image, "ref")
         how = _origin_word(image)
-        parent = _get(image, "parent")
+        parent = get_field(image, "parent")
         head = f"#{n} {ref} ({how} from {parent})" if parent and not how.startswith("uploaded") else f"#{n} {ref} ({how})"
         desc = describe_image(image)
         line = f"{head}: {desc}" if desc else head
@@ -155,19 +156,19 @@ def version_targets(images: Iterable[Any], current: str | None = None) -> dict[s
     image, read off the version tree: `{"undo": ref, "original": ref, "before": {noun: ref},
     "steps": n}` (`before`: for each kind of step on the current image's line, the version the most
     recent one started from; nouns of `_STEP_NOUNS`). Empty when the current image has no parent."""
-    images = [im for im in images if _get(im, "ref")]
-    by_ref = {_get(im, "ref"): im for im in images}
+    images = [im for im in images if get_field(im, "ref")]
+    by_ref = {get_field(im, "ref"): im for im in images}
     if current is None and images:
-        current = _get(images[-1], "ref")
-    parent = _get(by_ref.get(current), "parent")
+        current = get_field(images[-1], "ref")
+    parent = get_field(by_ref.get(current), "parent")
     if not parent:
         return {}
     before: dict[str, str] = {}
     node, seen = current, set()
-    while node in by_ref and _get(by_ref[node], "parent") and node not in seen:
+    while node in by_ref and get_field(by_ref[node], "parent") and node not in seen:
         seen.add(node)
         noun = _STEP_NOUNS.get(_origin_word(by_ref[node]))
-        up = _get(by_ref[node], "parent")
+        up = get_field(by_ref[node], "parent")
         if noun:
             before.setdefault(noun, up)
         node = up
@@ -199,40 +200,40 @@ def images_block(images: Iterable[Any], current: str | None = None) -> str:
 
 def _flat_call(call: Any) -> dict[str, Any]:
     """Any tool-call shape -> OpenAI style with `arguments` as a JSON string."""
-    fn = _get(call, "function")
+    fn = get_field(call, "function")
     if fn:
-        name, args = _get(fn, "name"), _get(fn, "arguments")
+        name, args = get_field(fn, "name"), get_field(fn, "arguments")
     else:
-        name = _get(call, "name")
-        args = _get(call, "args", None)
+        name = get_field(call, "name")
+        args = get_field(call, "args", None)
         if args is None:
-            args = _get(call, "arguments", {})
+            args = get_field(call, "arguments", {})
     if not isinstance(args, str):
         args = json.dumps(args or {}, ensure_ascii=False)
-    return {"id": _get(call, "id") or "", "type": "function", "function": {"name": name, "arguments": args}}
+    return {"id": get_field(call, "id") or "", "type": "function", "function": {"name": name, "arguments": args}}
 
 
 _LC_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
 
 
 def normalize_message(msg: Any) -> dict[str, Any] | None:
-    role = _get(msg, "role") or _LC_ROLES.get(_get(msg, "type") or "", None)
+    role = get_field(msg, "role") or _LC_ROLES.get(get_field(msg, "type") or "", None)
     if role not in ("user", "assistant", "tool"):
         return None
-    content = _get(msg, "content")
+    content = get_field(msg, "content")
     if content is None:
-        content = _get(msg, "text", "")
+        content = get_field(msg, "text", "")
     if isinstance(content, list):  # multimodal content parts: keep the text
-        content = "\n".join(str(_get(p, "text", "")) for p in content if _get(p, "type", "text") == "text")
+        content = "\n".join(str(get_field(p, "text", "")) for p in content if get_field(p, "type", "text") == "text")
     out: dict[str, Any] = {"role": role, "content": str(content or "")}
-    if _get(msg, REPAIR_FLAG):
+    if get_field(msg, REPAIR_FLAG):
         out[REPAIR_FLAG] = True
-    if role == "assistant" and _get(msg, "tool_calls"):
-        out["tool_calls"] = [_flat_call(c) for c in _get(msg, "tool_calls")]
+    if role == "assistant" and get_field(msg, "tool_calls"):
+        out["tool_calls"] = [_flat_call(c) for c in get_field(msg, "tool_calls")]
     if role == "tool":
-        out["tool_call_id"] = _get(msg, "tool_call_id") or ""
-        if _get(msg, "name"):
-            out["name"] = _get(msg, "name")
+        out["tool_call_id"] = get_field(msg, "tool_call_id") or ""
+        if get_field(msg, "name"):
+            out["name"] = get_field(msg, "name")
     return out
 
 
@@ -256,10 +257,10 @@ def _made_by(images: Iterable[Any]) -> dict[str, str]:
     """ref -> how a tool made it (`relight_image on img_p`), for the images a tool made (not uploads)."""
     out = {}
     for image in images:
-        ref, call = _get(image, "ref"), _get(image, "tool_call") or {}
+        ref, call = get_field(image, "ref"), get_field(image, "tool_call") or {}
         tool = call.get("name") or _TOOL_OF_ORIGIN.get(_origin_word(image))
         if ref and tool:
-            parent, args = _get(image, "parent"), call.get("args") or call.get("arguments")
+            parent, args = get_field(image, "parent"), call.get("args") or call.get("arguments")
             if isinstance(args, dict) and args:
                 out[ref] = f"{tool} {json.dumps(args, ensure_ascii=False)}"
             else:

@@ -18,6 +18,9 @@ nothing about any particular request:
   also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do. A revert
   goes to the version the message names by the tree ("the original", "before the relighting";
   `agent.prompting.version_targets`).
+- `adjust_image` (deterministic) does not repeat the adjustment that made the current image from
+  its parent: that makes the same image again ("a bit less" answered with the same +1 EV). The
+  version records carry the args; the dev eval's images do not, so this acts in real turns.
 
 One thing is not sent back: a call that needs an image in a chat that has none. The model cannot
 fix that (it tends to invent an `upload_image` tool); the turn asks the user to upload instead
@@ -34,7 +37,7 @@ from typing import Any, Iterable, NamedTuple
 
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
-from agent.prompting import REPAIR_FLAG, say, version_targets
+from agent.prompting import REPAIR_FLAG, get_field, say, version_targets
 from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
 
@@ -105,6 +108,25 @@ def _revert_read_back(target: Any, message: str, images: list[Any], current: str
     return [f"revert: the user asked for {what}, which is {ref}, not {target}"]
 
 
+def _recreates(name: str, valid: Any, images: list[Any], current: str | None) -> list[str]:
+    """`adjust_image` is deterministic: the same adjustment of the current image's parent makes the
+    current image again, pixel for pixel (a generative tool would draw a new sample: a retry)."""
+    if name != "adjust_image" or not current:
+        return []
+    made = next((im for im in images if get_field(im, "ref") == current), None)
+    call = get_field(made, "tool_call") or {}
+    if call.get("name") != name or get_field(made, "parent") != valid.image:
+        return []
+    try:
+        before = validate_call(name, call.get("args") or {})
+    except ToolArgumentError:
+        return []
+    if before.model_dump(exclude_none=True) != valid.model_dump(exclude_none=True):
+        return []
+    return [f"adjust_image: this is the same adjustment that made {current} from {valid.image}, so it changes "
+            "nothing; if the user wants more or less of it, change the values"]
+
+
 def needs_upload(reply: PlannerReply, known: Iterable[str]) -> bool:
     """Every call of the reply works on an image and the chat has none (no call creates one):
     only the user can fix that."""
@@ -134,6 +156,7 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None, message:
     problems.extend(_read_back(call.name, valid, message))
     if call.name == "revert" and not problems:
         problems.extend(_revert_read_back(args.get("image"), message, images or [], current))
+    problems.extend(_recreates(call.name, valid, images or [], current))
     if call.name == "revert" and current and args.get("image") == current:
         problems.append(f"revert: {current} is already the current image; give the earlier version to go back to")
     if call.name == "edit_image" and args.get("image") in (args.get("references") or []):

@@ -206,3 +206,21 @@ def test_a_revert_goes_to_the_version_the_message_names_by_the_tree(message, tar
     else:
         [problem] = found
         assert f"which is {wanted}, not {target}" in problem
+
+
+def test_repeating_the_adjustment_that_made_the_current_image_is_sent_back():
+    from tools.store import ImageVersion
+
+    parent = ImageVersion(ref="img_ffff0001", sha256="0" * 64, width=8, height=8)
+    made = ImageVersion(ref="img_ffff0002", sha256="1" * 64, width=8, height=8, parent="img_ffff0001", origin="edited",
+                        tool_call={"name": "adjust_image", "args": {"image": "img_ffff0001", "exposure_ev": 1.0}})
+    refs = ["img_ffff0001", "img_ffff0002"]
+    again = reply("adjust_image", image="img_ffff0001", exposure_ev=1)
+    [problem] = [p for c in call_problems(again, refs=refs, current="img_ffff0002", images=[parent, made],
+                                          message="a bit less, too bright now") for p in c]
+    assert "same adjustment that made img_ffff0002" in problem
+    less = reply("adjust_image", image="img_ffff0001", exposure_ev=0.5)
+    assert call_problems(less, refs=refs, current="img_ffff0002", images=[parent, made]) == [[]]
+    # on the current image it is one more stop, not a repeat
+    more = reply("adjust_image", image="img_ffff0002", exposure_ev=1)
+    assert call_problems(more, refs=refs, current="img_ffff0002", images=[parent, made]) == [[]]
