@@ -170,3 +170,30 @@ def test_done_without_a_call_is_sent_back_once(make_app):
     said, repair = planner.calls[1][-2:]
     assert said == {"role": "assistant", "content": "Done!", "repair": True}
     assert repair["role"] == "user" and "no tool ran" in repair["content"]
+
+
+def test_an_adjustment_that_would_remake_the_current_image_goes_back_to_the_model(make_app):
+    import re
+
+    def script(messages):
+        last = messages[-1]
+        if last["role"] == "tool":
+            return PlannerReply(text="Done.")
+        user = next(m for m in reversed(messages) if m["role"] == "user" and not m.get("repair"))
+        current = re.search(r"(img_\w+) \((?:adjusted from (img_\w+)|generated)\).*\(current\)", user["content"])
+        if "brighten" in user["content"].split("Message:")[-1]:
+            return PlannerReply(tool_calls=[ToolCall("adjust_image", {"image": current[1], "exposure_ev": 1})])
+        ev = 0.5 if last.get("repair") else 1  # first the same +1 EV on the parent, then less
+        return PlannerReply(tool_calls=[ToolCall("adjust_image", {"image": current[2], "exposure_ev": ev})])
+
+    planner = ScriptedModel(script)
+    app = make_app(planner)
+    session = app.session("t-less")
+    session.send("/generate a bookshop interior")
+    session.send("brighten it by 1 stop")
+    result = session.send("a bit less, too bright now")
+
+    [done] = result.tool_calls
+    assert done["args"]["exposure_ev"] == 0.5 and done["result"]["ok"]
+    repair = next(m for m in planner.calls[-2] if m.get("repair") and m["role"] == "user")
+    assert "same adjustment that made" in repair["content"]
