@@ -15,7 +15,8 @@ nothing about any particular request:
   ("clockwise") the message names is the side or sense the call's signed degrees turn to
   (`camera_azimuth` is positive to the subject's left, `rotate_deg` counter-clockwise): a small
   model writes these signs from its own habit rather than from the contract. A turning sense
-  also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do. A revert
+  also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do. A reframe
+  to a new shape has the orientation the message names ("landscape instead of portrait"). A revert
   goes to the version the message names by the tree ("the original", "before the relighting";
   `agent.prompting.version_targets`).
 - `adjust_image` (deterministic) does not repeat the adjustment that made the current image from
@@ -55,9 +56,38 @@ _SUBJECT_SIDE = re.compile(r"\b(?:her|his|their|its|the (?:subject|person|model)
 _TURN_SENSE = re.compile(r"\b(counter[- ]?clockwise|anti[- ]?clockwise|clockwise)\b", re.I)
 
 
+_ORIENTATION_WORDS = {"landscape": "wide", "horizontal": "wide", "wide": "wide", "wider": "wide",
+                      "portrait": "tall", "vertical": "tall", "tall": "tall", "taller": "tall"}
+_ORIENTATION = re.compile(r"\b(" + "|".join(_ORIENTATION_WORDS) + r")\b", re.I)
+_REPLACED = re.compile(r"\b(?:instead of|rather than|not|from)\s+(?:a |the )?(" + "|".join(_ORIENTATION_WORDS) + r")\b", re.I)
+_NAMES_RATIO_OR_SQUARE = re.compile(r"\b\d+\s*[:x/]\s*\d+\b|\bsquare\b", re.I)
+
+
+def _orientation(ratio: str) -> str | None:
+    w, h = (float(x) for x in ratio.split(":"))
+    return "wide" if w > h else "tall" if h > w else None
+
+
+def _reframe_orientation(args: Any, message: str) -> list[str]:
+    """A reframe to a new shape goes the way the message names ("make this landscape instead of
+    portrait"): the word it replaces, an explicit ratio or "square" leave the check out."""
+    ratio = getattr(args, "aspect_ratio", None)
+    if not ratio or _NAMES_RATIO_OR_SQUARE.search(message):
+        return []
+    named = [_ORIENTATION_WORDS[w.lower()] for w in _ORIENTATION.findall(message)]
+    for old in _REPLACED.findall(message):
+        named.remove(_ORIENTATION_WORDS[old.lower()])
+    if len(set(named)) != 1 or _orientation(ratio) in (None, named[0]):
+        return []
+    want = "landscape (wider than tall: 16:9, 3:2, 4:3)" if named[0] == "wide" else "portrait (taller than wide: 9:16, 2:3, 3:4)"
+    return [f"reframe_image: aspect_ratio {ratio} is {'wider' if named[0] == 'tall' else 'taller'} than it is "
+            f"{'tall' if named[0] == 'tall' else 'wide'}, but the user asked for {want}"]
+
+
 def _read_back(name: str, args: Any, message: str) -> list[str]:
-    """Where the call's signed degrees contradict the side or turning sense the message names."""
-    problems = []
+    """Where the call's signed degrees or new shape contradict the side, turning sense or
+    orientation the message names."""
+    problems = _reframe_orientation(args, message) if name == "reframe_image" else []
     sides = {m.lower() for m in _SUBJECT_SIDE.findall(message)}
     azimuth = getattr(args, "camera_azimuth", None)
     if name == "reframe_image" and len(sides) == 1 and azimuth:

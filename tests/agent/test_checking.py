@@ -224,3 +224,21 @@ def test_repeating_the_adjustment_that_made_the_current_image_is_sent_back():
     # on the current image it is one more stop, not a repeat
     more = reply("adjust_image", image="img_ffff0002", exposure_ev=1)
     assert call_problems(more, refs=refs, current="img_ffff0002", images=[parent, made]) == [[]]
+
+
+@pytest.mark.parametrize("message, ratio, bad", [
+    ("can you make this landscape instead of portrait? extend the scenery on the sides", "3:4", True),
+    ("can you make this landscape instead of portrait? extend the scenery on the sides", "16:9", False),
+    ("make it vertical for my phone", "16:9", True),
+    ("make it vertical for my phone", "9:16", False),
+    ("turn this portrait into 16:9", "16:9", False),  # an explicit ratio: the model's to read
+    ("make the portrait square", "1:1", False),
+    ("extend this portrait to a landscape", "16:9", False),  # both named: not read
+    ("zoom out a bit", "4:3", False),
+])
+def test_a_reframe_has_the_orientation_the_message_names(message, ratio, bad):
+    found = [p for c in call_problems(reply("reframe_image", image="img_aaaa0001", aspect_ratio=ratio), refs=REFS,
+                                      message=message) for p in c]
+    assert bool(found) is bad
+    if bad:
+        assert f"aspect_ratio {ratio}" in found[0] and "the user asked for" in found[0]
