@@ -12,6 +12,7 @@ rotation (the only resampling step, last).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -103,6 +104,20 @@ def rotate(image: Image.Image, degrees: float) -> Image.Image:
     left = (rotated.width - w) // 2
     top = (rotated.height - h) // 2
     return rotated.crop((left, top, left + w, top + h))
+
+
+def changes_nothing(*, exposure_ev: float | None = None, white_balance_k: int | None = None,
+                    contrast: float | None = None, saturation: float | None = None,
+                    rotate_deg: float | None = None, crop: Any = None, **_: Any) -> bool:
+    """Whether these settings leave every pixel as it is (each unset or at its identity)."""
+    return (
+        exposure_ev in (None, 0)
+        and white_balance_k in (None, NEUTRAL_K)
+        and contrast in (None, 1)
+        and saturation in (None, 1)
+        and (rotate_deg is None or rotate_deg % 360 == 0)
+        and (crop is None or tuple(crop) == (0, 0, 1, 1))
+    )
 
 
 def adjust(

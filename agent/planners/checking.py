@@ -16,10 +16,12 @@ nothing about any particular request:
   (`camera_azimuth` is positive to the subject's left, `rotate_deg` counter-clockwise): a small
   model writes these signs from its own habit rather than from the contract. A turning sense
   also says the picture itself turns (`rotate_deg`), which a camera orbit cannot do. A reframe
-  to a new shape has the orientation the message names ("landscape instead of portrait"). A revert
+  to a new shape has the orientation the message names ("landscape instead of portrait"); warm
+  or cool light or white balance is on that side of neutral. A revert
   goes to the version the message names by the tree ("the original", "before the relighting";
   `agent.prompting.version_targets`).
-- `adjust_image` (deterministic) does not repeat the adjustment that made the current image from
+- `adjust_image` changes something (a small model likes `white_balance_k: 6500`, neutral, for
+  "warmer") and (deterministic) does not repeat the adjustment that made the current image from
   its parent: that makes the same image again ("a bit less" answered with the same +1 EV). The
   version records carry the args; the dev eval's images do not, so this acts in real turns.
 
@@ -84,10 +86,36 @@ def _reframe_orientation(args: Any, message: str) -> list[str]:
             f"{'tall' if named[0] == 'tall' else 'wide'}, but the user asked for {want}"]
 
 
+_TEMPERATURE = re.compile(r"\b(less |too |not so |not |un)?(warm|warmer|warmth|cool|cooler|cold|colder)\b", re.I)
+
+
+def _temperature(name: str, args: Any, message: str) -> list[str]:
+    """A warm or cool light or white balance the message asks for is on that side of neutral
+    (the contract: warm < 4000 K < neutral < 6500 K < cool light; a white balance below 6500 K
+    is warmer). "Less warm", "too cold" and the like, or both named, leave the check out."""
+    found = _TEMPERATURE.findall(message)
+    if not found or any(modifier for modifier, _ in found):
+        return []
+    named = {"warm" if word.lower().startswith("warm") else "cool" for _, word in found}
+    if len(named) != 1:
+        return []
+    want = named.pop()
+    if name == "relight_image" and (kelvin := getattr(args, "color_temperature", None)):
+        if (want == "warm" and kelvin >= 4000) or (want == "cool" and kelvin <= 6500):
+            return [f"relight_image: color_temperature {kelvin} K is not {want} light "
+                    "(warm < 4000 K < neutral < 6500 K < cool)"]
+    if name == "adjust_image" and (kelvin := getattr(args, "white_balance_k", None)):
+        if (want == "warm" and kelvin >= 6500) or (want == "cool" and kelvin <= 6500):
+            return [f"adjust_image: white_balance_k {kelvin} is not {want}er (6500 is neutral, lower is warmer, "
+                    "higher is cooler)"]
+    return []
+
+
 def _read_back(name: str, args: Any, message: str) -> list[str]:
-    """Where the call's signed degrees or new shape contradict the side, turning sense or
-    orientation the message names."""
+    """Where the call's signed degrees, new shape or colour temperature contradict the side,
+    turning sense, orientation or warmth the message names."""
     problems = _reframe_orientation(args, message) if name == "reframe_image" else []
+    problems += _temperature(name, args, message)
     sides = {m.lower() for m in _SUBJECT_SIDE.findall(message)}
     azimuth = getattr(args, "camera_azimuth", None)
     if name == "reframe_image" and len(sides) == 1 and azimuth:
@@ -138,6 +166,19 @@ def _revert_read_back(target: Any, message: str, images: list[Any], current: str
     return [f"revert: the user asked for {what}, which is {ref}, not {target}"]
 
 
+def _changes_nothing(name: str, valid: Any) -> list[str]:
+    """An `adjust_image` whose every setting is unset or at its identity (6500 K is neutral white
+    balance, not "warmer") leaves the image as it is."""
+    from tools.adjust import NEUTRAL_K, changes_nothing
+
+    if name != "adjust_image" or not changes_nothing(**valid.model_dump()):
+        return []
+    return [f"adjust_image: these settings change nothing (white_balance_k {NEUTRAL_K} is neutral: lower is warmer, "
+            "higher is cooler; exposure_ev 0, contrast 1, saturation 1 and rotate_deg 0 are unchanged); give the "
+            "values that make the change the user asked for, or reply in plain text if the request is not an "
+            "exact photo setting"]
+
+
 def _recreates(name: str, valid: Any, images: list[Any], current: str | None) -> list[str]:
     """`adjust_image` is deterministic: the same adjustment of the current image's parent makes the
     current image again, pixel for pixel (a generative tool would draw a new sample: a retry)."""
@@ -186,7 +227,7 @@ def _problems_of(call: ToolCall, known: list[str], current: str | None, message:
     problems.extend(_read_back(call.name, valid, message))
     if call.name == "revert" and not problems:
         problems.extend(_revert_read_back(args.get("image"), message, images or [], current))
-    problems.extend(_recreates(call.name, valid, images or [], current))
+    problems.extend(_changes_nothing(call.name, valid) or _recreates(call.name, valid, images or [], current))
     if call.name == "revert" and current and args.get("image") == current:
         problems.append(f"revert: {current} is already the current image; give the earlier version to go back to")
     if call.name == "edit_image" and args.get("image") in (args.get("references") or []):

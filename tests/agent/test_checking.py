@@ -242,3 +242,37 @@ def test_a_reframe_has_the_orientation_the_message_names(message, ratio, bad):
     assert bool(found) is bad
     if bad:
         assert f"aspect_ratio {ratio}" in found[0] and "the user asked for" in found[0]
+
+
+@pytest.mark.parametrize("args, bad", [
+    ({"white_balance_k": 6500}, True),  # neutral white balance is not "warmer"
+    ({"exposure_ev": 0, "contrast": 1}, True),
+    ({"rotate_deg": 360}, True),
+    ({"crop": [0, 0, 1, 1]}, True),
+    ({"white_balance_k": 5000}, False),
+    ({"white_balance_k": 6500, "saturation": 1.2}, False),
+    ({"rotate_deg": -90}, False),
+])
+def test_an_adjustment_that_changes_nothing_is_sent_back(args, bad):
+    found = [p for c in call_problems(reply("adjust_image", image="img_aaaa0001", **args), refs=REFS) for p in c]
+    assert bool(found) is bad
+    if bad:
+        assert "change nothing" in found[0] and "lower is warmer" in found[0]
+
+
+@pytest.mark.parametrize("name, args, message, bad", [
+    ("relight_image", {"color_temperature": 5500}, "make it warmer", True),
+    ("relight_image", {"color_temperature": 3000}, "make it warmer", False),
+    ("relight_image", {"color_temperature": 4500}, "make it feel like cold moonlight", True),
+    ("relight_image", {"color_temperature": 8000}, "make it feel like cold moonlight", False),
+    ("adjust_image", {"white_balance_k": 7000}, "a touch warmer white balance", True),
+    ("adjust_image", {"white_balance_k": 5500}, "a touch warmer white balance", False),
+    ("adjust_image", {"white_balance_k": 5000}, "the colours are too warm", False),  # "too warm": not read
+    ("relight_image", {"color_temperature": 5500}, "warm key light and a cool rim", False),  # both named
+    ("relight_image", {"direction": "left"}, "warm light from the left", False),  # no kelvin given
+])
+def test_warm_or_cool_is_read_back_against_the_kelvin(name, args, message, bad):
+    found = [p for c in call_problems(reply(name, image="img_aaaa0001", **args), refs=REFS, message=message) for p in c]
+    assert bool(found) is bad
+    if bad:
+        assert "neutral" in found[0]
