@@ -86,7 +86,9 @@ def _reframe_orientation(args: Any, message: str) -> list[str]:
             f"{'tall' if named[0] == 'tall' else 'wide'}, but the user asked for {want}"]
 
 
-_TEMPERATURE = re.compile(r"\b(less |too |not so |not |un)?(warm|warmer|warmth|cool|cooler|cold|colder)\b", re.I)
+# "cool" alone is slang as often as a colour ("make it look cool"): only "cool" + a colour word counts
+_TEMPERATURE = re.compile(r"\b(less |too |not so |not )?(warm|warmer|warmth|cooler|cold|colder|"
+                          r"cool(?=\s+(?:blue|white|light|tones?|colou?rs?|cast|daylight|moonlight|balance)\b))\b", re.I)
 
 
 def _temperature(name: str, args: Any, message: str) -> list[str]:

@@ -268,8 +268,10 @@ def test_an_adjustment_that_changes_nothing_is_sent_back(args, bad):
     ("adjust_image", {"white_balance_k": 7000}, "a touch warmer white balance", True),
     ("adjust_image", {"white_balance_k": 5500}, "a touch warmer white balance", False),
     ("adjust_image", {"white_balance_k": 5000}, "the colours are too warm", False),  # "too warm": not read
-    ("relight_image", {"color_temperature": 5500}, "warm key light and a cool rim", False),  # both named
+    ("relight_image", {"color_temperature": 5500}, "warm key light and a cool blue rim", False),  # both named
     ("relight_image", {"direction": "left"}, "warm light from the left", False),  # no kelvin given
+    ("relight_image", {"color_temperature": 5000}, "relight the first one with cool blue light", True),
+    ("relight_image", {"color_temperature": 3000}, "make it look cool, like a movie poster", False),  # slang
 ])
 def test_warm_or_cool_is_read_back_against_the_kelvin(name, args, message, bad):
     found = [p for c in call_problems(reply(name, image="img_aaaa0001", **args), refs=REFS, message=message) for p in c]
