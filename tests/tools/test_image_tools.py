@@ -138,6 +138,9 @@ def test_adjust_is_exact_and_staged_as_a_child(ctx, photo, store):
     assert out.result.size == (32, 24) and out.staged[0].parent == photo
     with pytest.raises(ToolArgumentError):
         run_tool(ctx, "adjust_image", {"image": photo})
+    # settings at their identity make no new version that is the same picture
+    with pytest.raises(ToolArgumentError, match="change nothing"):
+        run_tool(ctx, "adjust_image", {"image": photo, "white_balance_k": 6500, "exposure_ev": 0})
 
 
 def test_revert_sets_current_and_stages_nothing(ctx, photo, store):
