@@ -41,6 +41,7 @@ from typing import Any, Iterable, NamedTuple
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
 from agent.prompting import REPAIR_FLAG, get_field, say, version_targets
+from tools.adjust import NEUTRAL_K, changes_nothing
 from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
 
@@ -82,8 +83,8 @@ def _reframe_orientation(args: Any, message: str) -> list[str]:
     if len(set(named)) != 1 or _orientation(ratio) in (None, named[0]):
         return []
     want = "landscape (wider than tall: 16:9, 3:2, 4:3)" if named[0] == "wide" else "portrait (taller than wide: 9:16, 2:3, 3:4)"
-    return [f"reframe_image: aspect_ratio {ratio} is {'wider' if named[0] == 'tall' else 'taller'} than it is "
-            f"{'tall' if named[0] == 'tall' else 'wide'}, but the user asked for {want}"]
+    shape = "taller than wide" if named[0] == "wide" else "wider than tall"
+    return [f"reframe_image: aspect_ratio {ratio} is {shape}, but the user asked for {want}"]
 
 
 # "cool" alone is slang as often as a colour ("make it look cool"): only "cool" + a colour word counts
@@ -171,8 +172,6 @@ def _revert_read_back(target: Any, message: str, images: list[Any], current: str
 def _changes_nothing(name: str, valid: Any) -> list[str]:
     """An `adjust_image` whose every setting is unset or at its identity (6500 K is neutral white
     balance, not "warmer") leaves the image as it is."""
-    from tools.adjust import NEUTRAL_K, changes_nothing
-
     if name != "adjust_image" or not changes_nothing(**valid.model_dump()):
         return []
     return [f"adjust_image: these settings change nothing (white_balance_k {NEUTRAL_K} is neutral: lower is warmer, "

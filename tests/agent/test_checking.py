@@ -19,6 +19,12 @@ def problems(r, refs=REFS, current=None):
     return [p for call in call_problems(r, refs=refs, current=current) for p in call]
 
 
+def read_back(name, message, **args):
+    """The problems of one call on img_aaaa0001 read back against `message`."""
+    return [p for call in call_problems(reply(name, image="img_aaaa0001", **args), refs=REFS, message=message)
+            for p in call]
+
+
 def test_a_good_call_has_no_problems():
     assert problems(reply("relight_image", image="img_aaaa0002", direction="left"), current="img_aaaa0002") == []
     assert review(reply("generate_image", prompt="a kite"), refs=[]) is None
@@ -127,8 +133,7 @@ def test_done_with_no_call_before_any_tool_ran_goes_back():
     ("from her left to his right", 45, False),  # both sides named: not read
 ])
 def test_the_azimuth_sign_is_read_back_against_the_subjects_side_the_message_names(message, azimuth, bad):
-    found = [p for p in call_problems(reply("reframe_image", image="img_aaaa0001", camera_azimuth=azimuth),
-                                      refs=REFS, message=message) for p in p]
+    found = read_back("reframe_image", message, camera_azimuth=azimuth)
     assert bool(found) is bad
     if bad:
         assert "positive = the subject's left" in found[0]
@@ -146,8 +151,7 @@ def test_the_azimuth_sign_is_read_back_against_the_subjects_side_the_message_nam
     ("rotate it 90 degrees", 90, False),
 ])
 def test_rotate_sign_is_read_back_against_clockwise(message, degrees, bad):
-    found = [p for p in call_problems(reply("adjust_image", image="img_aaaa0001", rotate_deg=degrees),
-                                      refs=REFS, message=message) for p in p]
+    found = read_back("adjust_image", message, rotate_deg=degrees)
     assert bool(found) is bad
     if bad:
         assert "positive = counter-clockwise" in found[0]
@@ -175,7 +179,7 @@ def test_an_edit_with_no_image_in_the_chat_is_answered_not_sent_back():
 
 def test_a_clockwise_turn_is_not_a_camera_orbit():
     orbit = reply("reframe_image", image="img_aaaa0001", camera_azimuth=90)
-    [problem] = [p for c in call_problems(orbit, refs=REFS, message="its sideways, rotate it 90° clockwise") for p in c]
+    [problem] = read_back("reframe_image", "its sideways, rotate it 90° clockwise", camera_azimuth=90)
     assert "call adjust_image with rotate_deg" in problem
     assert call_problems(orbit, refs=REFS, message="rotate the camera 90 degrees around her") == [[]]
 
@@ -237,8 +241,7 @@ def test_repeating_the_adjustment_that_made_the_current_image_is_sent_back():
     ("zoom out a bit", "4:3", False),
 ])
 def test_a_reframe_has_the_orientation_the_message_names(message, ratio, bad):
-    found = [p for c in call_problems(reply("reframe_image", image="img_aaaa0001", aspect_ratio=ratio), refs=REFS,
-                                      message=message) for p in c]
+    found = read_back("reframe_image", message, aspect_ratio=ratio)
     assert bool(found) is bad
     if bad:
         assert f"aspect_ratio {ratio}" in found[0] and "the user asked for" in found[0]
@@ -254,7 +257,7 @@ def test_a_reframe_has_the_orientation_the_message_names(message, ratio, bad):
     ({"rotate_deg": -90}, False),
 ])
 def test_an_adjustment_that_changes_nothing_is_sent_back(args, bad):
-    found = [p for c in call_problems(reply("adjust_image", image="img_aaaa0001", **args), refs=REFS) for p in c]
+    found = read_back("adjust_image", "", **args)
     assert bool(found) is bad
     if bad:
         assert "change nothing" in found[0] and "lower is warmer" in found[0]
@@ -274,7 +277,7 @@ def test_an_adjustment_that_changes_nothing_is_sent_back(args, bad):
     ("relight_image", {"color_temperature": 3000}, "make it look cool, like a movie poster", False),  # slang
 ])
 def test_warm_or_cool_is_read_back_against_the_kelvin(name, args, message, bad):
-    found = [p for c in call_problems(reply(name, image="img_aaaa0001", **args), refs=REFS, message=message) for p in c]
+    found = read_back(name, message, **args)
     assert bool(found) is bad
     if bad:
         assert "neutral" in found[0]
