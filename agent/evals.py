@@ -14,9 +14,9 @@ What is checked is what the turn decides before its first tool runs:
   planner, so the turn makes no tool call;
 - then the plan step's reply: when the model's first reply would be sent back for repair in a real
   turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
-  arguments, a revert to the current image, signed degrees or a revert target that contradict the
-  message, "Done" with no call), the case gets that one repair round too; a call that needs an image in a case without
-  any is answered by the plan step itself (it asks for an upload).
+  arguments, a revert to the current image, a call that contradicts the message when read back,
+  "Done" with no call), the case gets that one repair round too; a call that needs an image in a
+  case without any is answered by the plan step itself (it asks for an upload).
 The report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
 `le`, `gt`, `ge`, `between` [lo, hi] (inclusive), `len`, `contains_any`, `contains_all`,
@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from agent.planners.base import ChatModel, PlannerReply
 from agent.planners.checking import repair_request
@@ -210,28 +210,37 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+class Planned(NamedTuple):
+    """What the turn decided for a case: the model's first reply (the refusal when the request
+    screen refused), the plan step's final reply when it acted (None otherwise), what happened."""
+
+    first: PlannerReply
+    final: PlannerReply | None
+    problem: str = ""
+    screened: bool = False  # refused by the request screen: the planner never ran
+
+
 def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]], *,
-              repair: bool = True, screener: Any = None) -> tuple[PlannerReply, PlannerReply | None, str]:
+              repair: bool = True, screener: Any = None) -> Planned:
     """What the turn decides for a case before any tool runs: the request screen (`screener`, a
     `tools.safety.PromptScreener`; None leaves it out), the model's reply, and what the plan step
-    does with it (`agent.planners.checking.repair_request`): a repair round or an answer of its
-    own. Returns (first, final or None, what happened)."""
+    does with it (`agent.planners.checking.repair_request`): a repair round or an answer of its own."""
     message = str(case["message"])
     if screener is not None:
         decision = screener.screen(message)
         if decision.refused:
             refusal = PlannerReply(text=say("refused", reason=decision.reason))
-            return refusal, None, f"refused by the request screen ({decision.category})"
+            return Planned(refusal, None, f"refused by the request screen ({decision.category})", screened=True)
     messages = case_messages(case)
     first = planner.chat(messages, tools)
     refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
     request = (repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True, message=message,
                               images=case.get("images") or []) if repair else None)
     if request is None:
-        return first, None, ""
+        return Planned(first, None)
     if request.answer is not None:
-        return first, PlannerReply(text=request.answer), request.problem
-    return first, planner.chat(messages + request.exchange, tools), request.problem
+        return Planned(first, PlannerReply(text=request.answer), request.problem)
+    return Planned(first, planner.chat(messages + request.exchange, tools), request.problem)
 
 
 def run_eval(
@@ -249,12 +258,12 @@ def run_eval(
     results = []
     for case in cases:
         t0 = time.perf_counter()
-        first, final, problem = plan_case(planner, case, tools, repair=repair, screener=screener)
+        planned = plan_case(planner, case, tools, repair=repair, screener=screener)
         seconds = time.perf_counter() - t0
-        res = score_reply(case, final or first)
-        res.first_ok = res.ok if final is None else score_reply(case, first).ok
-        res.repair = problem
-        res.screened = problem.startswith("refused by the request screen")
+        res = score_reply(case, planned.final or planned.first)
+        res.first_ok = res.ok if planned.final is None else score_reply(case, planned.first).ok
+        res.repair = planned.problem
+        res.screened = planned.screened
         res.seconds = seconds
         results.append(res)
         if on_result:

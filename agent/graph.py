@@ -299,8 +299,9 @@ def build_graph(services: Services, checkpointer=None):
             _audit(services, runtime, "planner_error", message=message)
             return {"answer": answer, "error": {"code": code, "message": message},
                     "messages": [{"role": "assistant", "content": answer}]}
-        # an unreadable reply, or calls that cannot run as given (unknown refs, invalid arguments, a
-        # revert to the current image): back to the model once, with the problems spelled out
+        # the plan step's checks (agent.planners.checking): an unreadable reply, or a call that cannot
+        # run as given or contradicts the request, goes back to the model once with the problems spelled
+        # out; a call the model cannot fix (an edit with no image in the chat) is answered here
         versions = services.store.history(runtime.context.thread_id)
         refs = [v.ref for v in versions]
         request = repair_request(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
@@ -310,7 +311,7 @@ def build_graph(services: Services, checkpointer=None):
             return {"rounds": rounds + 1, "answer": request.answer,
                     "messages": [{"role": "assistant", "content": request.answer}]}
         if request is not None:
-            kind, problem, exchange, _ = request
+            kind, problem, exchange = request.kind, request.problem, request.exchange
             can_repair = state.get("repairs", 0) < MAX_REPAIRS
             _audit(services, runtime, "malformed_call" if kind == "repair" else "call_problem",
                    raw=reply.raw[:2000], problem=problem[:2000], repaired=can_repair)

@@ -148,14 +148,14 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
     return lines
 
 
-_STEP_NOUNS = {"edited": "edit", "relit": "relighting", "reframed": "reframing", "adjusted": "adjustment"}
+STEP_NOUNS = {"edited": "edit", "relit": "relighting", "reframed": "reframing", "adjusted": "adjustment"}
 
 
 def version_targets(images: Iterable[Any], current: str | None = None) -> dict[str, Any]:
     """Where "undo", "the original" and "the version before the <step>" lead from the current
     image, read off the version tree: `{"undo": ref, "original": ref, "before": {noun: ref},
     "steps": n}` (`before`: for each kind of step on the current image's line, the version the most
-    recent one started from; nouns of `_STEP_NOUNS`). Empty when the current image has no parent."""
+    recent one started from; nouns of `STEP_NOUNS`). Empty when the current image has no parent."""
     images = [im for im in images if get_field(im, "ref")]
     by_ref = {get_field(im, "ref"): im for im in images}
     if current is None and images:
@@ -167,7 +167,7 @@ def version_targets(images: Iterable[Any], current: str | None = None) -> dict[s
     node, seen = current, set()
     while node in by_ref and get_field(by_ref[node], "parent") and node not in seen:
         seen.add(node)
-        noun = _STEP_NOUNS.get(_origin_word(by_ref[node]))
+        noun = STEP_NOUNS.get(_origin_word(by_ref[node]))
         up = get_field(by_ref[node], "parent")
         if noun:
             before.setdefault(noun, up)
@@ -185,7 +185,8 @@ def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
         return ""
     text = f"Undo goes back to {targets['undo']}; the original is {targets['original']}."
     if targets["steps"] > 1:  # more than one step: name where each kind of step started
-        text += " " + "; ".join(f"before the {noun}: {ref}" for noun, ref in targets["before"].items()).capitalize() + "."
+        befores = "; ".join(f"before the {noun}: {ref}" for noun, ref in targets["before"].items())
+        text += f" B{befores[1:]}."
     return text
 
 

@@ -106,10 +106,15 @@ def rotate(image: Image.Image, degrees: float) -> Image.Image:
     return rotated.crop((left, top, left + w, top + h))
 
 
+NO_CHANGE = (f"these settings change nothing (white_balance_k {NEUTRAL_K} is neutral: lower is warmer, higher is "
+             "cooler; exposure_ev 0, contrast 1, saturation 1, rotate_deg 0 and a full crop are unchanged)")
+
+
 def changes_nothing(*, exposure_ev: float | None = None, white_balance_k: int | None = None,
                     contrast: float | None = None, saturation: float | None = None,
                     rotate_deg: float | None = None, crop: Any = None, **_: Any) -> bool:
-    """Whether these settings leave every pixel as it is (each unset or at its identity)."""
+    """Whether these settings leave every pixel as it is (each unset or at its identity; `NO_CHANGE`
+    says so to a model)."""
     return (
         exposure_ev in (None, 0)
         and white_balance_k in (None, NEUTRAL_K)

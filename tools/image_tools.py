@@ -423,9 +423,7 @@ def adjust_image(ctx: ToolContext, args: AdjustImage) -> ToolOutcome:
         raise ToolArgumentError("adjust_image: give at least one adjustment (exposure_ev, white_balance_k, "
                                 "contrast, saturation, rotate_deg, crop)")
     if adjust_ops.changes_nothing(**args.model_dump()):  # no new version that is the same picture
-        raise ToolArgumentError(f"adjust_image: these settings change nothing (white_balance_k {adjust_ops.NEUTRAL_K} "
-                                "is neutral, lower is warmer; exposure_ev 0, contrast 1, saturation 1, rotate_deg 0 "
-                                "and a full crop are unchanged)")
+        raise ToolArgumentError(f"adjust_image: {adjust_ops.NO_CHANGE}")
     image = adjust_ops.adjust(source, exposure_ev=args.exposure_ev, white_balance_k=args.white_balance_k,
                               contrast=args.contrast, saturation=args.saturation, rotate_deg=args.rotate_deg,
                               crop=args.crop)

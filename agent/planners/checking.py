@@ -41,7 +41,7 @@ from typing import Any, Iterable, NamedTuple
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.parsing import format_tool_call
 from agent.prompting import REPAIR_FLAG, get_field, say, version_targets
-from tools.adjust import NEUTRAL_K, changes_nothing
+from tools.adjust import NO_CHANGE, changes_nothing
 from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
 
@@ -143,7 +143,7 @@ def _read_back(name: str, args: Any, message: str) -> list[str]:
 
 # the versions a message can name by the version tree: "the original", "before the relighting"
 _NAMES_ORIGINAL = re.compile(r"\b(?:the |my )?original\b", re.I)
-_STEP_WORDS = {  # noun of agent.prompting._STEP_NOUNS -> how a message names that step
+_STEP_WORDS = {  # each noun of agent.prompting.STEP_NOUNS -> how a message names that step
     "relighting": r"relight\w*|relit|(?:the )?light(?:ing)?",
     "reframing": r"refram\w*|zoom\w*|(?:the )?crop\w*",
     "adjustment": r"adjust\w*|brighten\w*|darken\w*",
@@ -174,10 +174,8 @@ def _changes_nothing(name: str, valid: Any) -> list[str]:
     balance, not "warmer") leaves the image as it is."""
     if name != "adjust_image" or not changes_nothing(**valid.model_dump()):
         return []
-    return [f"adjust_image: these settings change nothing (white_balance_k {NEUTRAL_K} is neutral: lower is warmer, "
-            "higher is cooler; exposure_ev 0, contrast 1, saturation 1 and rotate_deg 0 are unchanged); give the "
-            "values that make the change the user asked for, or reply in plain text if the request is not an "
-            "exact photo setting"]
+    return [f"adjust_image: {NO_CHANGE}; give the values that make the change the user asked for, or reply in "
+            "plain text if the request is not an exact photo setting"]
 
 
 def _recreates(name: str, valid: Any, images: list[Any], current: str | None) -> list[str]:

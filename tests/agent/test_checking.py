@@ -281,3 +281,10 @@ def test_warm_or_cool_is_read_back_against_the_kelvin(name, args, message, bad):
     assert bool(found) is bad
     if bad:
         assert "neutral" in found[0]
+
+
+def test_every_kind_of_step_the_images_block_names_can_be_named_in_a_message():
+    from agent.planners.checking import _NAMES_BEFORE
+    from agent.prompting import STEP_NOUNS
+
+    assert set(_NAMES_BEFORE) == set(STEP_NOUNS.values())
