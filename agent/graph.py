@@ -36,7 +36,7 @@ from agent.planners.checking import repair_request
 from agent.prompting import REPAIR_FLAG, say
 from tools.errors import AtelierError, CancelledError, EngineError, ToolArgumentError
 from tools.schemas import ToolResult, tool_json_schemas, validate_call
-from tools.store import ImageStore
+from tools.store import ImageStore, OwnedImages
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class TurnContext:
     """What differs per run of the graph (LangGraph runtime context; never checkpointed)."""
 
     user_id: str = "local"
-    thread_id: str = ""
+    thread_id: str = ""  # the thread's key in the checkpointer and the store (agent.session.thread_key)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -111,6 +111,11 @@ class Services:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _images(services: Services, runtime: Runtime[TurnContext]) -> OwnedImages:
+    """The store as this turn's user sees it: every ref of the turn resolves through this."""
+    return services.store.scoped(runtime.context.user_id)
 
 
 def _emit(kind: str, **data: Any) -> None:
@@ -165,25 +170,28 @@ def _failed(state: TurnState, call: dict[str, Any], message: str, code: str = "t
     return update
 
 
-def planner_messages(services: Services, state: TurnState, session: str) -> list[dict[str, Any]]:
-    """The messages the planner sees, built by agent.prompting (shared with the planner eval)."""
+def planner_messages(services: Services, state: TurnState, session: str,
+                     store: OwnedImages | None = None) -> list[dict[str, Any]]:
+    """The messages the planner sees, built by agent.prompting (shared with the planner eval);
+    `store`: the user's view of the image store (None: the local user's)."""
     from agent.prompting import build_messages
 
+    store = store or services.store.scoped(None)
     messages = build_messages(
         history=state.get("messages", []),
-        images=services.store.history(session),
+        images=store.history(session),
         user_text=None,  # the history already ends with the user's message or tool results
         current=state.get("current"),
     )
     if services.planner.sees_images:
-        _attach_images(services.store, state, messages)
+        _attach_images(store, state, messages)
     return messages
 
 
 MAX_ATTACHED_IMAGES = 3
 
 
-def _attach_images(store: ImageStore, state: TurnState, messages: list[dict[str, Any]]) -> None:
+def _attach_images(store: ImageStore | OwnedImages, state: TurnState, messages: list[dict[str, Any]]) -> None:
     """Vision planners see the images they need: this turn's uploads and the current image,
     as local paths on the last user message (`image_paths`), loaded only for the model call."""
     users = [m for m in state.get("messages", []) if m.get("role") == "user" and not m.get(REPAIR_FLAG)]
@@ -243,9 +251,9 @@ def _summary(state: TurnState) -> str:
 
 def build_graph(services: Services, checkpointer=None):
     """Compile the turn graph over `services` (checkpointer: any LangGraph saver)."""
-    store = services.store
 
     def screen_request(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+        store = _images(services, runtime)
         update: dict[str, Any] = dict(TURN_RESET)
         update["direct"] = bool(state.get("direct"))
         update["queue"] = list(state.get("queue") or [])
@@ -289,7 +297,8 @@ def build_graph(services: Services, checkpointer=None):
         _emit("status", text=say("status_planning"))
         try:
             reply = services.planner.chat(
-                planner_messages(services, state, runtime.context.thread_id), services.tools
+                planner_messages(services, state, runtime.context.thread_id, _images(services, runtime)),
+                services.tools
             )
         except Exception as err:  # noqa: BLE001 - a planner failure ends the turn with a message
             log.exception("planner failed")
@@ -302,7 +311,7 @@ def build_graph(services: Services, checkpointer=None):
         # the plan step's checks (agent.planners.checking): an unreadable reply, or a call that cannot
         # run as given or contradicts the request, goes back to the model once with the problems spelled
         # out; a call the model cannot fix (an edit with no image in the chat) is answered here
-        versions = services.store.history(runtime.context.thread_id)
+        versions = _images(services, runtime).history(runtime.context.thread_id)
         refs = [v.ref for v in versions]
         request = repair_request(reply, refs=refs, current=state.get("current") or (refs[-1] if refs else None),
                                  deciding=not state.get("calls"), message=_request_text(state), images=versions)
@@ -352,7 +361,8 @@ def build_graph(services: Services, checkpointer=None):
             from tools.safety import screen_tool_call
 
             services.screen_call = screen_tool_call
-        decision = services.screen_call(services.prompt_screener, call["name"], args, store=store,
+        decision = services.screen_call(services.prompt_screener, call["name"], args,
+                                        store=_images(services, runtime),
                                         consented=list(state.get("consented") or []),
                                         analyzer=services.analyzer)
         _audit(services, runtime, "tool_call", call=call, decision=_dump(decision))
@@ -404,7 +414,7 @@ def build_graph(services: Services, checkpointer=None):
             writer({"kind": "progress", "call_id": call["id"], "step": int(step), "total": int(total)})
 
         _emit("status", text=say("status_running", tool=call["name"]))
-        ctx = ToolContext(store=store, engine=services.profile.engine, identity=services.profile.identity,
+        ctx = ToolContext(store=_images(services, runtime), engine=services.profile.engine, identity=services.profile.identity,
                           session=runtime.context.thread_id, progress=progress, analyzer=services.analyzer,
                           profile=services.profile.name)
         try:
@@ -434,6 +444,7 @@ def build_graph(services: Services, checkpointer=None):
         return "screen_result"
 
     def screen_result(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+        store = _images(services, runtime)
         kept, refusals = [], []
         for item in state.get("staged") or []:
             image, _ = store.load_staged(item["staging_id"])
@@ -463,6 +474,7 @@ def build_graph(services: Services, checkpointer=None):
         return "seal"
 
     def seal(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+        store = _images(services, runtime)
         call = state["call"]
         result = dict(state["result"] or {})
         new_refs, watermarks = [], []

@@ -10,12 +10,18 @@
 
 A session is a LangGraph thread (`thread_id`) in the profile's checkpointer (SQLite by default,
 Postgres by URL), so it survives a process restart; images live in the image store as a tree of
-versions (undo and branch are a `revert` to an older ref). `user_id` is who is talking: rate
-limits and the audit log are per user.
+versions (undo and branch are a `revert` to an older ref). `user_id` is who is talking: the audit
+log is per user, and rate limits count per `rate_key` (default: the user id), in a quota every
+process on the data root shares. One turn at a time per thread, across processes: a turn holds
+the thread's lease in the sessions database (agent.leases).
 
 Failures a user causes before anything runs raise typed errors (`RateLimitedError`,
-`BadImageError`, `UnknownRefError`, `ToolArgumentError` for a bad slash command); everything that
-happens inside the turn (refusals, tool errors, planner failures) comes back in the `TurnResult`.
+`BadImageError`, `UnknownRefError`, `ToolArgumentError` for a bad slash command, `ThreadBusyError`
+when another request still runs a turn of the thread after `limits.thread_busy_wait_s`,
+`DatabaseFileError` for a sessions file SQLite cannot read); everything that happens inside the
+turn (refusals, tool errors, planner failures) comes back in the `TurnResult`. A turn that could
+not be saved (`CheckpointError`) or crashed comes back with `error` (its `http_status` set) and
+that error as its answer, never the previous turn's answer or images.
 """
 
 from __future__ import annotations
@@ -29,18 +35,21 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
+from agent.checkpoints import guarded
 from agent.config import Profile, _deep_merge, load_profile
 from agent.graph import Services, TurnContext, build_graph
 from agent.planners.base import ChatModel, ToolCall
 from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
-from tools.errors import AtelierError, BadImageError
+from tools.dbfile import check_sqlite_file, sqlite_path
+from tools.errors import AtelierError, BadImageError, PromptTooLongError, RefusedError
 from tools.schemas import is_ref
-from tools.store import ImageStore, ImageVersion
+from tools.store import LOCAL_USER, ImageStore, ImageVersion, OwnedImages
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +91,17 @@ def open_checkpointer(url: str):
                 "a Postgres sessions URL needs the postgres extra: pip install 'qwen-atelier[postgres]'"
             ) from None
         conn = Connection.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
-        saver = PostgresSaver(conn)
+        where = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "", query="").geturl()  # no password
+        saver = guarded(PostgresSaver, where, conn)
         saver.setup()
         return saver
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path = url.removeprefix("sqlite:///")
+    path = sqlite_path(url)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check_sqlite_file(path, "sessions")  # garbage or corrupt: one line naming the file, the file untouched
     conn = sqlite3.connect(path, check_same_thread=False)
-    return SqliteSaver(conn)
+    return guarded(SqliteSaver, path, conn)
 
 
 class Atelier:
@@ -109,7 +120,6 @@ class Atelier:
         self._planner = planner
         self._lock = threading.RLock()
         self._built: dict[str, Any] = {}
-        self._thread_locks: dict[str, threading.Lock] = {}
 
     def _once(self, name: str, make: Callable[[], Any]) -> Any:
         with self._lock:
@@ -135,7 +145,9 @@ class Atelier:
         def make():
             from tools.safety import RateLimiter
 
-            return RateLimiter(self.profile.limits.per_user)
+            limits = self.profile.limits
+            # None: a SQLite file under the data root, so every process on the root shares one quota
+            return RateLimiter(limits.per_user, limits.storage or self.profile.store.ratelimits_path())
 
         return self._once("limiter", make)
 
@@ -165,14 +177,28 @@ class Atelier:
         return self._once("graph", lambda: build_graph(
             self.services, open_checkpointer(self.profile.store.sessions_url())))
 
-    def session(self, thread_id: str, user_id: str = "local") -> Session:
+    def images_for(self, user_id: str) -> OwnedImages:
+        """The image store as `user_id` sees it: only their own versions resolve."""
+        return self.store.scoped(user_id)
+
+    def session(self, thread_id: str, user_id: str = LOCAL_USER, *, rate_key: str | None = None) -> Session:
+        """`rate_key`: whose quota the session's requests count against (default: `user_id`; the
+        HTTP API without keys passes the client's address, so clients do not share one quota)."""
         if not thread_id or not isinstance(thread_id, str):
             raise AtelierError("a session needs a thread id (any non-empty string)")
-        return Session(self, thread_id, user_id)
+        return Session(self, thread_id, user_id, rate_key=rate_key)
 
-    def _thread_lock(self, thread_id: str) -> threading.Lock:
-        with self._lock:
-            return self._thread_locks.setdefault(thread_id, threading.Lock())
+    @property
+    def leases(self):
+        """One writer per thread across processes (see agent.leases), in the sessions database."""
+        def make():
+            from agent.leases import ThreadLeases
+
+            limits = self.profile.limits
+            return ThreadLeases(self.profile.store.sessions_url(), lease_s=limits.thread_lease_s,
+                                wait_s=limits.thread_busy_wait_s)
+
+        return self._once("leases", make)
 
     def close(self) -> None:
         with self._lock:
@@ -183,22 +209,36 @@ class Atelier:
             conn = getattr(getattr(graph, "checkpointer", None), "conn", None)
             if conn is not None:
                 conn.close()
+            for name in ("leases", "limiter"):
+                built = self._built.get(name)
+                if built is not None and hasattr(built, "close"):
+                    built.close()
             self._built.clear()
 
 
 class Session:
-    """One conversation (`thread_id`) of one person (`user_id`)."""
+    """One conversation (`thread_id`) of one person (`user_id`).
 
-    def __init__(self, app: Atelier, thread_id: str, user_id: str = "local"):
+    Threads are per user: the checkpoint and the image history live under `key` (the user and the
+    thread id), so two users who pick the same thread id never see each other's conversation, and
+    every image ref resolves only through `images`, the user's own view of the store.
+    """
+
+    def __init__(self, app: Atelier, thread_id: str, user_id: str = LOCAL_USER, *, rate_key: str | None = None):
+        if not user_id or not isinstance(user_id, str):
+            raise AtelierError("a session needs a user id (any non-empty string)")
         self.app = app
         self.thread_id = thread_id
         self.user_id = user_id
+        self.rate_key = rate_key or user_id  # whose quota this session's requests count against
+        self.key = thread_key(user_id, thread_id)
+        self.images = app.images_for(user_id)
         self._cancel = threading.Event()
 
     # -- state ------------------------------------------------------------------------------
     @property
     def _config(self) -> dict[str, Any]:
-        return {"configurable": {"thread_id": self.thread_id}, "recursion_limit": 200}
+        return {"configurable": {"thread_id": self.key}, "recursion_limit": 200}
 
     def _snapshot(self):
         return self.app.graph.get_state(self._config)
@@ -215,7 +255,59 @@ class Session:
 
     def history(self) -> list[ImageVersion]:
         """Every image version of this session, oldest first (a tree through `parent`)."""
-        return self.app.store.history(self.thread_id)
+        return self.images.history(self.key)
+
+    # -- images (surfaces reach stored images only through these: the user's own) ---------------
+    def version(self, ref: str) -> ImageVersion:
+        """A stored version of this user's (UnknownRefError for anyone else's, as for a missing one)."""
+        return self.images.get(ref)
+
+    def image_path(self, ref: str) -> str:
+        """A local file of one of this user's versions (for serving or attaching)."""
+        return self.images.local_path(ref)
+
+    def image_bytes(self, ref: str) -> bytes:
+        return self.images.read_bytes(ref)
+
+    def verify(self, ref: str) -> dict[str, Any]:
+        """Watermark and content credentials of one of this user's images, read with this
+        profile's keys and watermark registry (`tools.provenance.verify_bytes`)."""
+        from tools.provenance import verify_bytes
+
+        data = self.image_bytes(ref)
+        sealer = self.app.services.sealer
+        return verify_bytes(data, key_dir=sealer.key_dir, registry=sealer.registry)
+
+    def upload(self, data: ImageInput, *, filename: str | None = None) -> ImageVersion:
+        """Bring an image into this conversation without a turn (MCP `upload_image`, API uploads):
+        the same checks as an upload sent with a message (rate limit, validation, the upload
+        screen, the audit log). A refused image is not stored (`RefusedError`)."""
+        from tools.store import decode_upload
+
+        self.app.limiter.hit(self.rate_key)
+        if isinstance(data, str) and is_ref(data):
+            return self.version(self._ingest(data))
+        if isinstance(data, (str, os.PathLike)):
+            from tools.store import read_upload_file
+
+            filename = filename or Path(data).name or os.fspath(data)
+            data = read_upload_file(data, self.images.limits, name=Path(filename).name)  # bounded, regular files only
+        if not isinstance(data, (bytes, bytearray)):
+            raise BadImageError(f"cannot read an image from a {type(data).__name__}")
+        name = Path(filename).name if filename else "upload"
+        image = decode_upload(bytes(data), self.images.limits, name=name)
+        services = self.app.services
+        decision = services.image_screener.screen(image, stage="upload")
+        record = decision.model_dump(mode="json") if hasattr(decision, "model_dump") else vars(decision)
+        try:
+            services.audit.record("upload_screen", user_id=self.user_id, thread_id=self.key,
+                                  filename=name, decision=record)
+        except Exception:  # noqa: BLE001 - the audit log never breaks an upload
+            log.exception("audit log write failed (upload_screen)")
+        if decision.decision == "refuse":
+            raise RefusedError(f"{name}: this image cannot be used here ({decision.reason})",
+                               category=decision.category)
+        return self.images.ingest(bytes(data), filename=name, session=self.key)
 
     def messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI-style messages (what the planner's history is built from)."""
@@ -236,7 +328,10 @@ class Session:
 
     def call_tool(self, name: str, args: dict[str, Any]) -> TurnResult:
         """Run one tool through the same screens, seal and audit, without the planner."""
-        self.app.limiter.hit(self.user_id)
+        for key, value in (args or {}).items() if isinstance(args, dict) else ():
+            if isinstance(value, str):
+                self._check_length(value, f"{name}: {key}")
+        self.app.limiter.hit(self.rate_key)
         self._decline_pending()
         call = ToolCall(name, dict(args or {}))
         text = f"/{name} {json.dumps(call.args, ensure_ascii=False)}"
@@ -302,13 +397,22 @@ class Session:
             await task
 
     # -- internals --------------------------------------------------------------------------
+    def _check_length(self, text: str, what: str = "the message") -> None:
+        """Refuse a text over `limits.max_prompt_chars` before any work (screens, slash parsing,
+        the checkpoint): every surface's turn passes here."""
+        limit = self.app.profile.limits.max_prompt_chars
+        if len(text) > limit:
+            raise PromptTooLongError(f"{what} is {len(text):,} characters long; the limit is {limit:,}: "
+                                     "shorten it and send it again")
+
     def _turn_input(self, text: str, images: list[ImageInput] | None) -> dict[str, Any]:
         text = (text or "").strip()
-        self.app.limiter.hit(self.user_id)
+        self._check_length(text)
+        self.app.limiter.hit(self.rate_key)
         refs = [self._ingest(item) for item in images or []]
         self._decline_pending()
         if is_slash(text):
-            name, args = parse_slash(text, current=refs[-1] if refs else self.current, store=self.app.store)
+            name, args = parse_slash(text, current=refs[-1] if refs else self.current, store=self.images)
             return self._direct_input(text, ToolCall(name, args), refs)
         if not text and not refs:
             raise AtelierError("say something, or attach an image")
@@ -326,31 +430,34 @@ class Session:
         user: dict[str, Any] = {"role": "user", "content": text}
         if refs:
             user["images"] = refs
+        stored = call.as_dict()  # arguments a checkpoint can hold (validated by screen_call)
         assistant = {"role": "assistant", "content": "", "tool_calls": [
             {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.args, ensure_ascii=False)}}]}
-        return {"messages": [user, assistant], "direct": True, "queue": [call.as_dict()]}
+             "function": {"name": call.name, "arguments": json.dumps(stored["args"], ensure_ascii=False)}}]}
+        return {"messages": [user, assistant], "direct": True, "queue": [stored]}
 
     def _ingest(self, item: ImageInput) -> str:
-        store = self.app.store
+        store = self.images
         if isinstance(item, str) and is_ref(item):
-            version = store.get(item)  # UnknownRefError when it is not there
-            if version.session != self.thread_id and item not in {v.ref for v in self.history()}:
-                store.put(store.read_bytes(item), session=self.thread_id)  # list it in this session
+            version = store.get(item)  # UnknownRefError when it is not there, or not this user's
+            if version.session != self.key and item not in {v.ref for v in self.history()}:
+                store.put(store.read_bytes(item), session=self.key)  # list it in this session
             return item
         if isinstance(item, (bytes, bytearray)):
-            return store.ingest(bytes(item), session=self.thread_id).ref
+            return store.ingest(bytes(item), session=self.key).ref
         if isinstance(item, (str, os.PathLike)):
-            return store.ingest(item, session=self.thread_id).ref
+            return store.ingest(item, session=self.key).ref
         raise BadImageError(f"cannot read an image from a {type(item).__name__}")
 
     def _run(self, inp: Any) -> Iterator[TurnEvent]:
         graph = self.app.graph
-        lock = self.app._thread_lock(self.thread_id)
-        with lock:
+        # one writer per thread across processes: a lease in the sessions database (ThreadBusyError
+        # after `limits.thread_busy_wait_s`), renewed while the turn runs
+        with self.app.leases.hold(self.key):
             self._cancel.clear()
-            ctx = TurnContext(user_id=self.user_id, thread_id=self.thread_id, cancel=self._cancel)
+            ctx = TurnContext(user_id=self.user_id, thread_id=self.key, cancel=self._cancel)
             failure: dict[str, Any] | None = None
+            before = self._checkpoint_id()
             try:
                 for mode, chunk in graph.stream(inp, self._config, context=ctx,
                                                 stream_mode=["custom", "updates"]):
@@ -359,27 +466,43 @@ class Session:
                         yield TurnEvent(kind=data.pop("kind"), data=data)
                     elif "__interrupt__" in chunk:
                         yield TurnEvent(kind="consent", data=dict(chunk["__interrupt__"][0].value))
-            except AtelierError as err:
-                failure = {"code": err.code, "message": str(err)}
+            except AtelierError as err:  # e.g. CheckpointError: the turn could not be saved
+                failure = {"code": err.code, "message": str(err), "http_status": err.http_status}
             except Exception as err:  # noqa: BLE001 - a crash ends the turn with a message
                 log.exception("turn failed (thread %s)", self.thread_id)
-                failure = {"code": "internal_error", "message": f"something went wrong: {type(err).__name__}: {err}"}
-            result = self._result()
+                failure = {"code": "internal_error", "message": f"something went wrong: {type(err).__name__}: {err}",
+                           "http_status": 500}
+            snap = None
+            if failure is None:
+                snap = self._snapshot()
+                if snap.config["configurable"].get("checkpoint_id") == before:
+                    failure = {"code": "checkpoint_failed", "http_status": 503,
+                               "message": "this turn was not saved to the sessions database; its answer was not "
+                                          "kept — send the message again"}
             if failure is not None:
-                result.error = failure
+                # the checkpoint still holds the previous turn: nothing of it is this turn's result
+                result = TurnResult(thread_id=self.thread_id, answer=failure["message"].splitlines()[0],
+                                    error=failure)
+            else:
+                result = self._result(snap)
             if result.answer:
                 yield TurnEvent(kind="answer", data={"text": result.answer})
             if result.error:
                 yield TurnEvent(kind="error", data=dict(result.error))
             yield TurnEvent(kind="done", data={"result": result})
 
-    def _result(self) -> TurnResult:
-        snap = self._snapshot()
+    def _checkpoint_id(self) -> str | None:
+        """The id of the thread's latest checkpoint (None: a new thread)."""
+        saved = self.app.graph.checkpointer.get_tuple(self._config)
+        return saved.config["configurable"].get("checkpoint_id") if saved else None
+
+    def _result(self, snap=None) -> TurnResult:
+        snap = snap if snap is not None else self._snapshot()
         values = snap.values
         images = []
         for ref in values.get("images") or []:
-            version = self.app.store.get(ref)
-            images.append({"ref": ref, "path": self.app.store.local_path(ref),
+            version = self.images.get(ref)
+            images.append({"ref": ref, "path": self.images.local_path(ref),
                            "width": version.width, "height": version.height})
         return TurnResult(
             thread_id=self.thread_id,
@@ -390,6 +513,14 @@ class Session:
             refused=values.get("refused"),
             error=values.get("error"),
         )
+
+
+def thread_key(user_id: str, thread_id: str) -> str:
+    """Where a user's thread lives in the checkpointer and the store: `<user>/<thread>`, the user
+    percent-quoted so that no user id and thread id pair can spell another user's key."""
+    from urllib.parse import quote
+
+    return f"{quote(user_id, safe='')}/{thread_id}"
 
 
 def _last_result(events: Iterator[TurnEvent]) -> TurnResult:

@@ -7,6 +7,7 @@ The command words, argument aliases and the words `/relight` understands are dat
 
 from __future__ import annotations
 
+import math
 import shlex
 from functools import cache
 from importlib import resources
@@ -50,9 +51,21 @@ def _value(raw: str) -> Any:
     except ValueError:
         pass
     try:
-        return float(raw)
+        number = float(raw)
     except ValueError:
         return raw
+    # `nan`, `inf`, `infinity` are words here (the contract refuses them where a number belongs); a
+    # literal too large for a float (1e400) stays infinite, and parse_slash refuses it
+    return raw if raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity") else number
+
+
+def _too_large(value: Any) -> bool:
+    """A number no setting can hold (infinite, or an int beyond 64 bits), also inside a list."""
+    if isinstance(value, list):
+        return any(_too_large(v) for v in value)
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63
 
 
 def parse_slash(text: str, *, current: str | None = None, store: ImageStore | None = None) -> tuple[str, dict[str, Any]]:
@@ -93,6 +106,8 @@ def parse_slash(text: str, *, current: str | None = None, store: ImageStore | No
             continue
         key = aliases.get(key.lower().replace("-", "_"), key.lower().replace("-", "_"))
         value = _value(raw)
+        if _too_large(value):
+            raise ToolArgumentError(f"/{command}: {key}={raw} is too large a number")
         if key in _LIST_ARGS:
             args.setdefault(key, []).extend(value if isinstance(value, list) else [value])
         else:

@@ -41,6 +41,13 @@ class ToolArgumentError(AtelierError):
     code = "bad_arguments"
 
 
+class PromptTooLongError(AtelierError):
+    """A message (or a text argument) longer than the profile's `limits.max_prompt_chars`."""
+
+    code = "prompt_too_long"
+    http_status = 400
+
+
 class RefusedError(AtelierError):
     """A request, tool call or result refused by the safety policy."""
 
@@ -83,3 +90,27 @@ class CancelledError(AtelierError):
 
     code = "cancelled"
     http_status = 499
+
+
+class ThreadBusyError(AtelierError):
+    """Another request (in this or another process) is running a turn of the same conversation,
+    and it did not finish within the profile's `limits.thread_busy_wait_s`."""
+
+    code = "thread_busy"
+    http_status = 409
+
+
+class DatabaseFileError(AtelierError):
+    """A database file of the data root (sessions, audit log, rate limits) that SQLite cannot read
+    (not a database, truncated, corrupt). Nothing was written to it."""
+
+    code = "bad_database"
+    http_status = 503
+
+
+class CheckpointError(AtelierError):
+    """A turn could not be saved to the sessions database (read-only file, full disk, a value the
+    database cannot hold): the turn's answer is not kept, and nothing of it is shown as done."""
+
+    code = "checkpoint_failed"
+    http_status = 503

@@ -6,8 +6,9 @@ tool schemas, MCP tool definitions and validation of every call are derived from
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -78,7 +79,9 @@ def is_ref(value: str) -> bool:
 
 
 class ToolArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are no settings (and not JSON); every int of the contract has bounds
+    # (seed below 2**32), so whatever validates fits the checkpoint (msgpack) and SQLite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GenerateImage(ToolArgs):
@@ -204,6 +207,21 @@ def validate_call(name: str, args: dict[str, Any] | None) -> ToolArgs:
         raise ToolArgumentError(f"{name}: " + "; ".join(problems)) from None
 
 
+def storable(value: Any) -> Any:
+    """Raw call arguments as the turn's state may hold them before they are validated: an int
+    beyond 64 bits (msgpack and SQLite hold no more) and NaN or an infinity (not JSON) become their
+    text, which `validate_call` then refuses with a readable line; everything else is unchanged."""
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return str(value) if value.bit_length() < 10_000 else f"<a {value.bit_length()}-bit integer>"
+    return value
+
+
 def tool_json_schemas() -> list[dict[str, Any]]:
     """OpenAI-style function schemas for every tool (what the planner and MCP see)."""
     out = []
@@ -217,6 +235,43 @@ def tool_json_schemas() -> list[dict[str, Any]]:
             "function": {"name": name, "description": " ".join((model.__doc__ or "").split()), "parameters": schema},
         })
     return out
+
+
+def look_arguments(name: str, args: dict[str, Any], *, include_text: bool = False) -> dict[str, Any]:
+    """The arguments of a call that describe the look of its result, read from the contract:
+    numbers, switches and enum choices (aspect ratio, direction, kelvin...). Free text a person
+    wrote (prompt, instruction, description, region) is left out unless `include_text`, and image
+    refs always are (they name private images). Unknown tools or arguments are left out."""
+    model = TOOL_MODELS.get(name)
+    if model is None or not isinstance(args, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        field = model.model_fields.get(key)
+        if field is None or value is None:
+            continue
+        if _names_images(value):
+            continue
+        if isinstance(value, (bool, int, float)) or (
+            isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        ):
+            out[key] = value
+        elif isinstance(value, str) and (_is_choice(field.annotation) or include_text):
+            out[key] = value
+    return out
+
+
+def _names_images(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_ref(value)
+    return isinstance(value, list) and any(isinstance(v, str) and is_ref(v) for v in value)
+
+
+def _is_choice(annotation: Any) -> bool:
+    """A Literal (or Optional Literal) type: a choice among the contract's words."""
+    if get_origin(annotation) is Literal:
+        return True
+    return any(_is_choice(a) for a in get_args(annotation) if a is not type(None))
 
 
 class FaceCheck(BaseModel):

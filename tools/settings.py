@@ -82,13 +82,47 @@ class ProvenanceSettings(BaseModel):
     c2pa: bool = True
     key_dir: str | None = None  # None: <data_root>/keys (a dev cert is created on first run)
     claim_generator: str = "Atelier"
+    # The manifest says what was done (tool, look parameters), not what the person wrote: their
+    # prompt or instruction goes in only when this is true. Image refs never do.
+    include_prompt: bool = False
 
 
 class LimitSettings(BaseModel):
-    per_user: str = "30/minute;500/day"  # `limits` library notation
+    per_user: str = "30/minute;500/day"  # `limits` library notation; per key (user, or client address)
+    # Where the counts live. None: <store root>/ratelimits.sqlite, shared by every process on the
+    # data root; any `limits` storage URL (redis://..., memcached://...) to share them across machines.
+    storage: str | None = None
+    # One writer per conversation, across processes: a turn holds a lease on its thread in the
+    # sessions database, renewed while it runs; a lease not renewed for `thread_lease_s` (a crashed
+    # process) expires. A second request waits up to `thread_busy_wait_s` (generative turns take
+    # a while), then gets "this chat is busy" (ThreadBusyError, HTTP 409).
+    thread_busy_wait_s: float = Field(30.0, ge=0)
+    thread_lease_s: float = Field(30.0, ge=1)
     max_upload_bytes: int = 30 * 1024 * 1024
     max_pixels: int = 50_000_000  # decompression-bomb guard
     max_side: int = 12_000
+    # Working-size budget: an upload within the hard limits above but bigger than this is stored
+    # and processed downscaled to fit (its original size in the version's `resized_from`), so
+    # every tool step works on at most this many pixels. Measured (bench/upload_budget.py, tiny
+    # profile, 2 CPUs) for `/adjust` of a 7000x7000 PNG: 16 MP ~14 s, 12 MP ~10 s, 8 MP ~5 s
+    # (peak RSS 0.66, 0.46, 0.44 GB; 49 MP unbounded: 58 s, 7.5 GB before the tool fixes).
+    max_working_pixels: int = 8_388_608  # 8 MP (2896 x 2896, 4096 x 2048)
+    max_working_side: int = 4096
+    # The longest text a person may send into one turn (chat message, slash command, a text
+    # argument of a direct tool call). 4000 characters is about 1000 tokens: several times the
+    # longest tool text of the contract (a 2000-character prompt or instruction), far below the
+    # planner's and the guard model's context, and the screens' cost grows with the length.
+    max_prompt_chars: int = Field(4000, ge=1)
+    # The largest HTTP request body (OpenAI-compatible API), refused before it is parsed. None:
+    # room for 4 uploads at max_upload_bytes as base64 (4/3 larger) plus 1 MiB of text: chat apps
+    # resend a conversation's earlier images with every turn. 160 MiB + 1 MiB with the defaults.
+    max_request_bytes: int | None = Field(None, ge=1)
+
+    def request_bytes_limit(self) -> int:
+        """`max_request_bytes`, or the default that follows `max_upload_bytes`."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return 4 * -(-self.max_upload_bytes * 4 // 3) + 2**20
 
 
 class StoreSettings(BaseModel):
@@ -105,3 +139,7 @@ class StoreSettings(BaseModel):
 
     def audit_url(self) -> str:
         return self.audit or str(Path(self.root) / "audit.sqlite")
+
+    def ratelimits_path(self) -> str:
+        """The SQLite file of the rate-limit counts when `limits.storage` is not set."""
+        return str(Path(self.root) / "ratelimits.sqlite")

@@ -5,7 +5,8 @@ Atelier as a "model". The rules it follows (also in the README):
 
 - **Users.** `Authorization: Bearer <key>` maps to a user id (keys from `--api-keys FILE` or
   `$ATELIER_API_KEYS`); rate limits and the audit log use that id. With no keys configured the
-  server is for local use and everyone is user `local`.
+  server is for local use and everyone is user `local`, but rate limits count per client address
+  (`addr:<host>`). Quotas live under the data root, shared by every server process on it.
 - **Threads.** A conversation maps to one Atelier thread. An explicit id wins
   (`metadata.thread_id` in the body, the `X-Atelier-Thread` header, or the `X-OpenWebUI-Chat-Id`
   header Open WebUI forwards when `ENABLE_FORWARD_USER_INFO_HEADERS=true`; with keys configured it
@@ -15,12 +16,17 @@ Atelier as a "model". The rules it follows (also in the README):
   message of a request is new; the earlier ones are already in the thread.
 - **Images in.** Content parts of type `image_url` with `data:` URLs are decoded and ingested
   through the session (the store validates them). Remote `http(s)` URLs are refused with a 400
-  unless the server was started with `--allow-remote-images`.
+  unless the server was started with `--allow-remote-images`; then only public addresses are
+  fetched (`ui.remote_images`: every hop checked, one deadline, the upload size cap, one error text).
+- **Limits.** A body over `limits.max_request_bytes` is a 413 before it is parsed; a body with
+  NaN or Infinity is a 400; a message over `limits.max_prompt_chars` is a 400 (`prompt_too_long`).
 - **Images out.** The answer is markdown; every image is a link to `GET /v1/files/{ref}`. When keys
   are configured the link carries a signature (`?sig=`) so a browser can show it without the key.
 - **Errors** use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with 400 (bad
-  input, corrupt data URL), 401 (bad key), 404 (unknown ref or model), 429 (rate limit, with
-  `Retry-After`).
+  input, corrupt data URL), 401 (bad key), 404 (unknown ref or model), 409 (`thread_busy`: another
+  request still runs a turn of this conversation), 413 (body too large), 429 (rate limit, with
+  `Retry-After`), 503 (`checkpoint_failed`: the turn could not be saved; `bad_database`: a data
+  file SQLite cannot read). A turn that failed as a whole is never a 200 with an older answer.
 """
 
 from __future__ import annotations
@@ -46,11 +52,13 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tools.errors import AtelierError, BadImageError, RateLimitedError, UnknownRefError
 from tools.schemas import is_ref
+from tools.store import LOCAL_USER
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,8 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "invalid_request_error",
                 429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable"}
 
 
@@ -123,6 +132,113 @@ def api_error_from(err: AtelierError) -> ApiError:
     return ApiError(status, str(err), type=_ERROR_TYPES.get(status, "server_error" if status >= 500 else
                                                              "invalid_request_error"),
                     code=err.code, headers=headers)
+
+
+# -- request bodies: size and strict JSON -----------------------------------------------------
+
+
+class RequestBodyLimit:
+    """Pure ASGI middleware: a request body over `max_bytes` is answered 413 before it is parsed.
+
+    A declared `Content-Length` over the limit is refused at once, without reading a byte; a
+    chunked (or lying) body is counted as it streams in and cut at the first chunk over the limit.
+    The app then reads a disconnect, and whatever it answers after the cut is dropped."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        response = ApiError(413, f"request body over this server's {self.max_bytes / 2**20:.3g} MB limit",
+                            code="request_too_large").response()
+        response.headers["Connection"] = "close"
+        return response
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        received, started, cut = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, cut
+            if cut:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body") or b"")
+                if received > self.max_bytes:
+                    cut = True
+                    if not started:
+                        await self._too_large()(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if cut:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not cut:
+                raise
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteNumber(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NonFiniteNumber(text)
+    return value
+
+
+def strict_json_loads(body: bytes | str) -> Any:
+    """`json.loads` that refuses NaN, Infinity and numbers too large for a float (1e400), which
+    Python's json accepts but JSON (RFC 8259) does not; raises `_NonFiniteNumber` for them."""
+    return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_strict_json"):
+            self._strict_json = strict_json_loads(await self.body())
+        return self._strict_json
+
+
+class StrictJSONRoute(APIRoute):
+    """A route whose JSON body may not hold NaN or infinities: such a body is a 400 in OpenAI's
+    shape, before the body model is validated (so nothing non-finite reaches a session or an answer)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            request = _StrictJSONRequest(request.scope, request.receive)
+            if request.method in ("POST", "PUT", "PATCH") and await request.body():
+                try:
+                    await request.json()  # parsed once: FastAPI then reads this result
+                except _NonFiniteNumber as err:
+                    return ApiError(400, f"invalid request: {str(err)[:40]} is not a JSON number (NaN, "
+                                    "Infinity and out-of-range numbers are not allowed)").response()
+                except (ValueError, RecursionError):
+                    pass  # malformed JSON: FastAPI reports it as usual
+            return await handler(request)
+
+        return route
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -166,8 +282,23 @@ class BadConfigError(AtelierError):
 class ServerOptions(BaseModel):
     api_keys: dict[str, str] = Field(default_factory=dict)
     allow_remote_images: bool = False
-    remote_image_timeout_s: float = 20.0
+    remote_image_timeout_s: float = 20.0  # one deadline per image: DNS, connect, redirects and body
+    # CIDRs a remote image may come from although they are not public (an intranet image host);
+    # everything else that is not globally routable is refused (see ui/remote_images.py)
+    remote_image_allowed_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("remote_image_allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        from ui.remote_images import parse_networks
+
+        try:
+            parse_networks(value)
+        except ValueError as err:
+            raise ValueError(f"not a network in CIDR form ({err})") from None
+        return value
     public_url: str | None = None  # base of image links; None: the request's own base URL
+    link_ttl_s: int = 30 * 24 * 3600  # how long a signed image link works (chat apps keep them in history)
 
 
 def _consent_replies() -> dict[str, set[str]]:
@@ -214,7 +345,7 @@ class ChatAdapter:
         scheme, _, token = header.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         if not keys:
-            return "local"
+            return LOCAL_USER
         for key, user in keys.items():
             if token and hmac.compare_digest(token.encode(), key.encode()):
                 return user
@@ -234,20 +365,29 @@ class ChatAdapter:
         seed = json.dumps([user_id, body.user or "", _fingerprint(first)], ensure_ascii=False)
         return "oai-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
-    def session(self, thread_id: str, user_id: str):
-        key = (thread_id, user_id)
+    def session(self, thread_id: str, user_id: str, rate_key: str | None = None):
+        """The cached session of a thread, user and rate-limit key, and the thread's turn lock."""
+        key = (thread_id, user_id, rate_key or user_id)
         with self._guard:
             s = self._sessions.get(key)
             if s is None:
-                s = self.atelier.session(thread_id, user_id=user_id)
+                s = self.atelier.session(thread_id, user_id=user_id, rate_key=rate_key)
                 self._sessions[key] = s
                 while len(self._sessions) > MAX_CACHED_SESSIONS:
                     old, _ = self._sessions.popitem(last=False)
-                    self._locks.pop(old, None)
+                    self._locks.pop(old[:2], None)
             else:
                 self._sessions.move_to_end(key)
-            lock = self._locks.setdefault(key, asyncio.Lock())
+            lock = self._locks.setdefault(key[:2], asyncio.Lock())  # one turn at a time per thread
         return s, lock
+
+    def rate_key_for(self, request: Request) -> str | None:
+        """Whose quota a request counts against: the key's user (None) when keys are configured,
+        else the client's address, so local clients without keys do not share one quota."""
+        if self.options.api_keys:
+            return None
+        host = request.client.host if request.client else None
+        return f"addr:{host or 'unknown'}"
 
     # messages
     async def last_user_turn(self, body: ChatCompletionRequest) -> tuple[str, list[bytes]]:
@@ -296,36 +436,49 @@ class ChatAdapter:
                        param="messages")
 
     async def _fetch(self, url: str, name: str) -> bytes:
-        import httpx
+        """A remote image, from public addresses only (or the operator's allowed networks); every
+        failure is the same 400 line, so the fetcher cannot be used to probe the server's network."""
+        from ui.remote_images import RemoteImageError, fetch_remote_image
 
-        limit = self.atelier.profile.limits.max_upload_bytes
         try:
-            async with httpx.AsyncClient(timeout=self.options.remote_image_timeout_s, follow_redirects=True) as client:
-                async with client.stream("GET", url) as resp:
-                    if resp.status_code != 200:
-                        raise ApiError(400, f"{name}: fetching {url} answered HTTP {resp.status_code}",
-                                       code="bad_image", param="messages")
-                    data = bytearray()
-                    async for chunk in resp.aiter_bytes():
-                        data += chunk
-                        if len(data) > limit:
-                            raise ApiError(400, f"{name}: over the {limit / 1e6:.0f} MB upload limit",
-                                           code="bad_image", param="messages")
-                    return bytes(data)
-        except httpx.HTTPError as err:
-            raise ApiError(400, f"{name}: could not fetch {url} ({type(err).__name__})", code="bad_image",
-                           param="messages") from None
+            return await fetch_remote_image(
+                url, max_bytes=self.atelier.profile.limits.max_upload_bytes,
+                deadline_s=self.options.remote_image_timeout_s,
+                allowed_networks=self.options.remote_image_allowed_networks, name=name)
+        except RemoteImageError as err:
+            raise ApiError(400, str(err), code=err.code, param="messages") from None
 
     # images out
-    def sign(self, ref: str) -> str:
-        return hmac.new(self.secret, ref.encode(), hashlib.sha256).hexdigest()[:32]
+    def _mac(self, *parts: str) -> str:
+        return hmac.new(self.secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
 
-    def file_url(self, ref: str, base: str) -> str:
+    def user_tag(self, user: str) -> str:
+        """An opaque name of a user in links (the user id itself stays out of URLs)."""
+        return self._mac("user", user)[:16]
+
+    def sign(self, ref: str, user: str, expires: int) -> str:
+        return self._mac("file", ref, user, str(expires))
+
+    def file_url(self, ref: str, base: str, user: str) -> str:
+        """The link to one of `user`'s images. With keys it is signed for that user and expires
+        (`link_ttl_s`), so a browser can show it without the key and nobody else's link works."""
         base = (self.options.public_url or base).rstrip("/")
         url = f"{base}/v1/files/{ref}"
-        return url + f"?sig={self.sign(ref)}" if self.options.api_keys else url
+        if not self.options.api_keys:
+            return url
+        expires = int(time.time()) + int(self.options.link_ttl_s)
+        return url + f"?u={self.user_tag(user)}&exp={expires}&sig={self.sign(ref, user, expires)}"
 
-    def render(self, result, base: str) -> str:
+    def link_user(self, ref: str, tag: str | None, exp: str | None, sig: str | None) -> str | None:
+        """The user a signed link was made for, or None when it is not a valid, unexpired link."""
+        if not (tag and exp and sig) or not exp.isdigit() or int(exp) < time.time():
+            return None
+        for user in set(self.options.api_keys.values()):
+            if hmac.compare_digest(tag, self.user_tag(user)) and hmac.compare_digest(sig, self.sign(ref, user, int(exp))):
+                return user
+        return None
+
+    def render(self, result, base: str, user: str) -> str:
         """The markdown answer: the agent's words, then each image as a link to /v1/files."""
         parts = [result.answer.strip()] if result.answer and result.answer.strip() else []
         if result.consent:  # the turn waits: the next user message answers (yes/no)
@@ -334,7 +487,7 @@ class ChatAdapter:
                 parts.append(self._texts["consent"].format(question=question))
         for image in result.images:
             ref = image["ref"] if isinstance(image, dict) else image.ref
-            parts.append(f"![{ref}]({self.file_url(ref, base)})")
+            parts.append(f"![{ref}]({self.file_url(ref, base, user)})")
         if not parts and result.error:
             parts.append(str(result.error.get("message", "something went wrong")))
         return "\n\n".join(parts)
@@ -351,7 +504,7 @@ class ChatAdapter:
         header = next((request.headers[h] for h in THREAD_HEADERS if request.headers.get(h)), None)
         thread_id = self.thread_for(body, user_id, header)
         text, images = await self.last_user_turn(body)
-        session, lock = self.session(thread_id, user_id)
+        session, lock = self.session(thread_id, user_id, self.rate_key_for(request))
         return session, lock, text, images
 
     def background_task_reply(self, body: ChatCompletionRequest) -> str | None:
@@ -375,10 +528,32 @@ class ChatAdapter:
             approved = await asyncio.to_thread(self.consent_reply, session, text, images)
             try:
                 if approved is not None:
-                    return await asyncio.to_thread(session.resume, approved)
-                return await session.asend(text, images=images)
+                    result = await asyncio.to_thread(session.resume, approved)
+                else:
+                    result = await session.asend(text, images=images)
             except AtelierError as err:
                 raise api_error_from(err) from None
+        raise_failed_turn(result)
+        return result
+
+
+def failed_turn(result) -> ApiError | None:
+    """The HTTP error of a turn that failed as a whole (its checkpoint could not be saved, a crash):
+    such a result carries `error.http_status` and no answer of its own, so it is never a 200."""
+    error = getattr(result, "error", None) or {}
+    status = error.get("http_status")
+    if not status:
+        return None
+    status = int(status)
+    return ApiError(status, str(error.get("message") or "the turn failed"),
+                    type=_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+                    code=error.get("code"))
+
+
+def raise_failed_turn(result) -> None:
+    err = failed_turn(result)
+    if err is not None:
+        raise err
 
 
 def _fingerprint(message: ChatMessage) -> Any:
@@ -436,10 +611,10 @@ def _finish_reason(result) -> str:
     return "content_filter" if getattr(result, "refused", None) else "stop"
 
 
-def _result_extra(adapter: ChatAdapter, result, base: str) -> dict[str, Any]:
+def _result_extra(adapter: ChatAdapter, result, base: str, user: str) -> dict[str, Any]:
     """Atelier's own fields next to OpenAI's (clients that know them get refs and tool calls).
     Images get their URL instead of the server's file path."""
-    images = [{"ref": i["ref"], "width": i["width"], "height": i["height"], "url": adapter.file_url(i["ref"], base)}
+    images = [{"ref": i["ref"], "width": i["width"], "height": i["height"], "url": adapter.file_url(i["ref"], base, user)}
               for i in result.images]
     return {"thread_id": result.thread_id, "images": images, "tool_calls": result.tool_calls,
             "consent": result.consent, "refused": result.refused, "error": result.error}
@@ -451,6 +626,8 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
     adapter = ChatAdapter(atelier, options, _secret(atelier.profile.store.root))
     app = FastAPI(title="Atelier (OpenAI-compatible)", version="1", docs_url="/docs", redoc_url=None)
     app.state.adapter = adapter
+    app.router.route_class = StrictJSONRoute  # every route below: NaN / Infinity in a body is a 400
+    app.add_middleware(RequestBodyLimit, max_bytes=atelier.profile.limits.request_bytes_limit())
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -488,16 +665,26 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
         }]}
 
     @app.get("/v1/files/{name}")
-    async def get_file(name: str, request: Request, sig: str | None = None):
+    async def get_file(name: str, request: Request, sig: str | None = None, u: str | None = None,
+                       exp: str | None = None):
+        """One of the caller's images: the key's user, or the user a valid signed link names.
+        Anyone else's ref is answered exactly like an unknown one (404)."""
         ref = name.rsplit(".", 1)[0] if "." in name else name
         if not is_ref(ref):
             raise ApiError(404, f"{name!r} is not an image reference", type="not_found_error", code="unknown_ref")
-        if options.api_keys and not (sig and hmac.compare_digest(sig, adapter.sign(ref))):
-            adapter.user_for(request)  # no valid link signature: the key must be valid
-        store = atelier.store
+        user = LOCAL_USER
+        if options.api_keys:
+            if sig is not None or u is not None or exp is not None:
+                user = adapter.link_user(ref, u, exp, sig)
+                if user is None:
+                    raise ApiError(403, "this image link is not valid or has expired; ask for the image again",
+                                   type="permission_error", code="invalid_link")
+            else:
+                user = adapter.user_for(request)
+        images = atelier.images_for(user)
         try:
-            version = await asyncio.to_thread(store.get, ref)
-            data = await asyncio.to_thread(store.read_bytes, ref)
+            version = await asyncio.to_thread(images.get, ref)
+            data = await asyncio.to_thread(images.read_bytes, ref)
         except UnknownRefError as err:
             raise ApiError(404, str(err), type="not_found_error", code="unknown_ref") from None
         return Response(data, media_type=f"image/{version.format}",
@@ -517,13 +704,13 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
         base = str(request.base_url)
         if not body.stream:
             result = await adapter.complete(session, lock, text, images)
-            content = adapter.render(result, base)
+            content = adapter.render(result, base, session.user_id)
             return {
                 "id": cid, "object": "chat.completion", "created": created, "model": adapter.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": _finish_reason(result)}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "atelier": _result_extra(adapter, result, base),
+                "atelier": _result_extra(adapter, result, base, session.user_id),
             }
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return await _stream(adapter, session, lock, text, images, base, cid, created, request, include_usage)
@@ -548,10 +735,11 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
             raise api_error_from(err) from None
         finally:
             lock.release()
+        raise_failed_turn(result)
 
         async def replay():
             yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
-            yield _chunk(cid, created, model, {"content": adapter.render(result, base)})
+            yield _chunk(cid, created, model, {"content": adapter.render(result, base, session.user_id)})
             yield _chunk(cid, created, model, {}, _finish_reason(result))
             if include_usage:
                 yield _usage_chunk(cid, created, model)
@@ -593,7 +781,13 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
                     yield f": status {json.dumps(data)[:200]}\n\n"
                 elif kind == "done":
                     result = data.get("result")
-                    yield _chunk(cid, created, model, {"content": adapter.render(result, base)})
+                    failed = failed_turn(result)
+                    if failed is not None:  # the turn as a whole failed: an error, never an answer
+                        yield f"data: {json.dumps(failed.body())}\n\n"
+                        yield "data: [DONE]\n\n"
+                        finished = True
+                        return
+                    yield _chunk(cid, created, model, {"content": adapter.render(result, base, session.user_id)})
                     yield _chunk(cid, created, model, {}, _finish_reason(result))
                     finished = True
                 elif kind == "error" and not finished:

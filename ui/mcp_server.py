@@ -10,13 +10,21 @@ A thin adapter over `agent.Atelier` sessions, built with the `mcp` SDK's FastMCP
 Every tool call goes through the session's `call_tool`, so the same screens, identity checks,
 sealing and audit log apply as in the chat. Images come back as MCP image content, with the ref
 and the tool's short result as text. Each MCP client connection is one Atelier thread (or the one
-given with `--thread`); the user id is `--user` (default `mcp`).
+given with `--thread`).
+
+Users: over stdio, and over HTTP without keys (loopback only), the client acts as `--user`
+(default `local`, the one person of the local modes, so refs made in the chat or the CLI work
+here too). Over HTTP with keys (`--api-keys FILE` / `$ATELIER_API_KEYS`, the same key file and
+mapping as `atelier serve`), every request needs `Authorization: Bearer <key>` and acts as that
+key's user: refs resolve only for their owner, rate limits and the audit log are per key's user.
+`upload_image` goes through the session's upload path (validation, the upload screen, audit).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import uuid
 import weakref
@@ -122,12 +130,14 @@ def _decode_base64(data: str) -> bytes:
 class AtelierMCP:
     """Builds the FastMCP server over an `agent.Atelier` and maps MCP client sessions to threads."""
 
-    def __init__(self, atelier, *, user_id: str = "mcp", thread_id: str | None = None, **settings: Any):
+    def __init__(self, atelier, *, user_id: str = "local", thread_id: str | None = None,
+                 api_keys: dict[str, str] | None = None, **settings: Any):
         self.atelier = atelier
         self.user_id = user_id
         self.thread_id = thread_id
-        self._by_client: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self._shared: Any = None  # the session when there is no client key (or --thread)
+        self.api_keys = dict(api_keys or {})
+        self._by_client: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._shared: dict[str, Any] = {}  # user -> the session when there is no client key (or --thread)
         tools = [
             _tool(spec["function"]["name"], spec["function"]["description"], spec["function"]["parameters"],
                   self._runner(spec["function"]["name"]), _CREATES)
@@ -135,30 +145,47 @@ class AtelierMCP:
         ]
         tools.append(_tool("verify", (VerifyArgs.__doc__ or "").strip(), VERIFY_SCHEMA, self._verify, _READ_ONLY))
         tools.append(_tool("upload_image", (UploadArgs.__doc__ or "").strip(), UPLOAD_SCHEMA, self._upload, _CREATES))
+        if self.api_keys:
+            settings.update(_key_auth(self.api_keys, settings))
+        profile = getattr(atelier, "profile", None)
+        if profile is not None:  # base64 uploads: the HTTP body limit of the API, not the SDK's 4 MB
+            settings.setdefault("max_request_body_size", profile.limits.request_bytes_limit())
         self.server = FastMCP("atelier", instructions=INSTRUCTIONS, tools=tools, **settings)
 
-    # sessions
+    # users and sessions
+    def user(self) -> str:
+        """Who is calling: the bearer key's user over HTTP with keys, else `--user`."""
+        if not self.api_keys:
+            return self.user_id
+        from mcp.server.auth.middleware.auth_context import get_access_token
+
+        token = get_access_token()
+        if token is None:  # the SDK's auth middleware lets no request without a valid key this far
+            raise AtelierError("missing API key (Authorization: Bearer <key>)")
+        return token.client_id
+
     def session_for(self, ctx: Context | None):
-        """One Atelier thread per MCP client connection (or the `--thread` given)."""
+        """One Atelier thread per MCP client connection and user (or the `--thread` given)."""
+        user = self.user()
         try:
             key = ctx.session if ctx is not None else None
         except (ValueError, LookupError):  # no request context (called outside a request)
             key = None
         if self.thread_id is not None or key is None:
-            if self._shared is None:
-                self._shared = self.atelier.session(self.thread_id or "mcp-local", user_id=self.user_id)
-            return self._shared
-        session = self._by_client.get(key)
-        if session is None:
-            session = self._by_client[key] = self.atelier.session("mcp-" + uuid.uuid4().hex[:16], user_id=self.user_id)
-        return session
+            if user not in self._shared:
+                self._shared[user] = self.atelier.session(self.thread_id or "mcp-local", user_id=user)
+            return self._shared[user]
+        by_user = self._by_client.setdefault(key, {})
+        if user not in by_user:
+            by_user[user] = self.atelier.session("mcp-" + uuid.uuid4().hex[:16], user_id=user)
+        return by_user[user]
 
     # tools
     def _runner(self, name: str):
         async def run(ctx: Context | None = None, **args: Any):
             args = {k: v for k, v in args.items() if v is not _UNSET}
-            session = self.session_for(ctx)
             try:
+                session = self.session_for(ctx)
                 result = await anyio.to_thread.run_sync(session.call_tool, name, args, abandon_on_cancel=True)
                 return await self._render(result, ctx, session)
             except AtelierError as err:
@@ -220,11 +247,9 @@ class AtelierMCP:
         ref = args.get("image", _UNSET)
         if ref is _UNSET or not isinstance(ref, str):
             return _error("verify: image (a ref such as img_3f9a2c1b) is required")
-        from tools.provenance import verify_bytes
-
         try:
-            data = await anyio.to_thread.run_sync(self.atelier.store.read_bytes, ref)
-            report = await anyio.to_thread.run_sync(verify_bytes, data)
+            session = self.session_for(ctx)
+            report = await anyio.to_thread.run_sync(session.verify, ref)  # only the caller's own images
         except AtelierError as err:
             return _error(str(err))
         return [TextContent(type="text", text=json.dumps({"image": ref, **report}, ensure_ascii=False, default=str))]
@@ -234,11 +259,11 @@ class AtelierMCP:
         if data is _UNSET or not isinstance(data, str):
             return _error("upload_image: data (base64 or a data: URL) is required")
         filename = args.get("filename") if isinstance(args.get("filename"), str) else None
-        session = self.session_for(ctx)
         try:
+            session = self.session_for(ctx)
             raw = _decode_base64(data)
-            version = await anyio.to_thread.run_sync(
-                lambda: self.atelier.store.ingest(raw, filename=filename, session=session.thread_id))
+            # the session's upload path: rate limit, validation, the upload screen, the audit log
+            version = await anyio.to_thread.run_sync(lambda: session.upload(raw, filename=filename))
         except AtelierError as err:
             return _error(str(err))
         return [TextContent(type="text", text=json.dumps(
@@ -274,6 +299,32 @@ def protect_stdout() -> None:
     protocol = io.FileIO(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = _ProtocolStdout(io.BufferedWriter(protocol), sys.stderr)
+
+
+class _KeyVerifier:
+    """Bearer keys -> users, for the SDK's auth middleware (`TokenVerifier`): a static key file
+    instead of an OAuth server, with the same mapping as `atelier serve`."""
+
+    def __init__(self, keys: dict[str, str]):
+        self.keys = keys
+
+    async def verify_token(self, token: str):
+        from mcp.server.auth.provider import AccessToken
+
+        for key, user in self.keys.items():
+            if token and hmac.compare_digest(token.encode(), key.encode()):
+                return AccessToken(token="", client_id=user, scopes=[])
+        return None
+
+
+def _key_auth(keys: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
+    """FastMCP settings that require a valid bearer key on every HTTP request."""
+    from mcp.server.auth.settings import AuthSettings
+
+    base = f"http://{settings.get('host', '127.0.0.1')}:{settings.get('port', 8001)}"
+    return {"token_verifier": _KeyVerifier(keys),
+            "auth": AuthSettings(issuer_url=base, resource_server_url=f"{base}/mcp", required_scopes=[],
+                                 validate_token_resource=False)}  # static keys name no audience
 
 
 def build_server(atelier, **kwargs: Any) -> FastMCP:

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.schemas import storable
+
 
 @dataclass
 class ToolCall:
@@ -22,7 +24,10 @@ class ToolCall:
     id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "args": self.args}
+        """The call as the turn's state holds it (checkpointed before it is validated, so a value
+        no checkpoint can hold, such as a seed of 10**30 or NaN, is kept as text for the contract
+        to refuse)."""
+        return {"id": self.id, "name": self.name, "args": storable(self.args)}
 
 
 @dataclass

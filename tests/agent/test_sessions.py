@@ -53,7 +53,7 @@ def test_undo_and_branch_make_a_tree(make_app):
     assert undone.tool_calls[0]["name"] == "revert"
 
     warmer = session.send("/adjust white_balance_k=3500").images[0]["ref"]  # a branch from the root
-    children = {v.ref for v in app.store.children(root, session="t-tree")}
+    children = {v.ref for v in session.images.children(root, session=session.key)}
     assert children == {brighter, warmer}
 
     session.send(f"/branch {brighter}")

@@ -260,12 +260,13 @@ def test_image_links_are_signed_when_keys_are_configured(keyed):
     resp = _client(keyed, KEY_ALICE).chat.completions.create(
         model="atelier-tiny", messages=[{"role": "user", "content": "a paper boat"}])
     link = _image_links(resp.choices[0].message.content)[0]
-    assert "?sig=" in link
+    assert "&sig=" in link and "&exp=" in link
     assert httpx.get(link).status_code == 200  # a browser can show it without the key
     unsigned = link.split("?", 1)[0]
     assert httpx.get(unsigned).status_code == 401
     assert httpx.get(unsigned, headers={"Authorization": f"Bearer {KEY_ALICE}"}).status_code == 200
-    assert httpx.get(unsigned + "?sig=" + "0" * 32).status_code == 401
+    tampered = httpx.get(unsigned + "?sig=" + "0" * 32)
+    assert tampered.status_code == 403 and "not valid or has expired" in tampered.json()["error"]["message"]
     # the key's user id is who the audit log names
     ref = unsigned.rsplit("/", 1)[1]
     events = keyed.atelier.services.audit.events(user_id="alice", event="image")
@@ -313,6 +314,7 @@ def test_consent_question_then_yes_over_the_api(local, face_photos):
 class _WaitingSession:
     def __init__(self, thread_id, ref):
         self.thread_id, self.ref, self.resumed, self.sent = thread_id, ref, [], []
+        self.user_id = "local"
         self.pending_consent = {"question": "Do you have their consent?", "people": ["person_1"]}
 
     def _result(self, answer, images=()):
@@ -338,7 +340,7 @@ class _WaitingAtelier:
     def __init__(self, profile):
         self.profile, self.sessions = profile, {}
 
-    def session(self, thread_id, user_id="local"):
+    def session(self, thread_id, user_id="local", rate_key=None):
         return self.sessions.setdefault(thread_id, _WaitingSession(thread_id, "img_00112233aabb"))
 
 
@@ -369,6 +371,7 @@ def test_remote_image_urls_are_fetched_when_enabled(local):
     url = made.model_extra["atelier"]["images"][0]["url"]  # a URL this server can fetch
     options = local.server.config.app.state.adapter.options
     options.allow_remote_images = True
+    options.remote_image_allowed_networks = ["127.0.0.1/32"]  # loopback is refused unless an operator allows it
     try:
         resp = local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
             {"type": "text", "text": "a kite like this"}, {"type": "image_url", "image_url": {"url": url}}]}])
@@ -378,12 +381,15 @@ def test_remote_image_urls_are_fetched_when_enabled(local):
                 {"type": "text", "text": "a kite"}, {"type": "image_url", "image_url": {"url": missing}}]}])
     finally:
         options.allow_remote_images = False
+        options.remote_image_allowed_networks = []
     thread = resp.model_extra["atelier"]["thread_id"]
     uploads = [v for v in local.atelier.session(thread, user_id="local").history() if v.origin == "upload"]
     assert len(uploads) == 1  # the fetched image, ingested (re-encoded) as this thread's upload
     fetched = local.atelier.store.open(url.rsplit("/", 1)[1])
     assert local.atelier.store.open(uploads[0].ref).tobytes() == fetched.tobytes()
-    assert "HTTP 404" in err.value.body["message"]
+    # the 404 reads like any other failure: the fetcher tells the user nothing about the network
+    assert err.value.body["message"] == ("image 1: the remote image could not be fetched (only public http(s) "
+                                         "images up to 30 MB are fetched; or send it as a data: URL)")
 
 
 def test_api_keys_from_a_file_and_the_environment_form(tmp_path):

@@ -53,6 +53,18 @@ class SealedImage:
     watermark_id: str | None
 
 
+def public_tool_call(tool_call: dict | None, include_prompt: bool = False) -> dict | None:
+    """What a manifest says of the call that made an image: the tool and the arguments that
+    describe the look (`tools.schemas.look_arguments`), never image refs, and the person's own
+    words (prompt, instruction...) only with `provenance.include_prompt`."""
+    if not tool_call:
+        return None
+    from tools.schemas import look_arguments
+
+    name = str(tool_call.get("name") or "")
+    return {"name": name, "args": look_arguments(name, tool_call.get("args") or {}, include_text=include_prompt)}
+
+
 class Sealer:
     """Watermark + C2PA + metadata for produced images; one per process is enough."""
 
@@ -95,14 +107,15 @@ class Sealer:
         info.add_text("Description", f"AI-generated image ({source_type}), {action} by {self.settings.claim_generator}")
         info.add_itxt("XML:com.adobe.xmp", XMP_TEMPLATE.format(source_type=source_type, tool=self.settings.claim_generator))
         buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=info)
+        image.save(buf, format="PNG", pnginfo=info, compress_level=3)  # 4x faster than 6 on photos, ~10% more bytes
         data = buf.getvalue()
         if self.settings.c2pa:
             if self._signer is None:
                 self._signer = make_signer(self.key_dir)
             manifest = build_manifest(
                 action=action, source_type=source_type, claim_generator=self.settings.claim_generator,
-                watermark_id=wm_id, tool_call=tool_call, has_parent=parent is not None,
+                watermark_id=wm_id, tool_call=public_tool_call(tool_call, self.settings.include_prompt),
+                has_parent=parent is not None,
             )
             data = sign_png(data, manifest, self._signer, parent=parent)
         if wm_id:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.dbfile import check_sqlite_file, sqlite_errors
+
 
 class WatermarkRegistry:
     """Every watermark id Atelier has embedded, with what it was put on."""
@@ -17,13 +19,15 @@ class WatermarkRegistry:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            check_sqlite_file(self.path, "watermark registry")  # garbage: one line naming the file, untouched
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS watermarks (id TEXT PRIMARY KEY, value INTEGER NOT NULL, "
-            "created_at REAL NOT NULL, action TEXT, sha256 TEXT, parent_sha256 TEXT)"
-        )
-        self._db.commit()
+        with sqlite_errors(self.path, "watermark registry"):
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS watermarks (id TEXT PRIMARY KEY, value INTEGER NOT NULL, "
+                "created_at REAL NOT NULL, action TEXT, sha256 TEXT, parent_sha256 TEXT)"
+            )
+            self._db.commit()
         self._cache: np.ndarray | None = None
 
     def add(self, wm_id: str, *, action: str = "", sha256: str | None = None, parent_sha256: str | None = None) -> None:

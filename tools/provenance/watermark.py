@@ -98,21 +98,29 @@ def _top_singular(a: np.ndarray):
 
 
 def _ll(plane: np.ndarray) -> np.ndarray:
-    """Haar approximation band (what `pywt.dwt2(plane, "haar")[0]` gives) of an even-sized plane."""
-    return (plane[0::2, 0::2] + plane[0::2, 1::2] + plane[1::2, 0::2] + plane[1::2, 1::2]) / 2.0
+    """Haar approximation band (what `pywt.dwt2(plane, "haar")[0]` gives) of an even-sized plane,
+    in float64 (each quarter is widened on its own: no float64 copy of the whole plane)."""
+    def q(dy: int, dx: int) -> np.ndarray:
+        return plane[dy::2, dx::2].astype(np.float64, copy=False)
+
+    return (q(0, 0) + q(0, 1) + q(1, 0) + q(1, 1)) / 2.0
 
 
 def embed(image: Image.Image, wm_id: str, *, scale: float | None = None) -> Image.Image:
     """Return a copy of `image` carrying the 48-bit id `wm_id` (12 hex digits)."""
     scale = scale or SCALE
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    h, w = rgb.shape[:2]
+    pixels = np.asarray(image.convert("RGB"))
+    h, w = pixels.shape[:2]
     h4, w4 = h // 2 * 2, w // 2 * 2
-    yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV)
+    # Colour conversions are per pixel: done in bands of rows, so no float copy of the whole RGB
+    # image sits next to the YUV one (the same values; the peak is the YUV planes alone).
+    rows = _band_rows(w)
+    yuv = np.empty(pixels.shape, dtype=np.float32)
+    for top in range(0, h, rows):
+        yuv[top:top + rows] = cv2.cvtColor(pixels[top:top + rows].astype(np.float32), cv2.COLOR_RGB2YUV)
     bits = bits_from_id(wm_id).reshape(TILE_ROWS, TILE_COLS)
     for ch in CHANNELS:
-        plane = yuv[:h4, :w4, ch].astype(np.float64)
-        ll = _ll(plane)
+        ll = _ll(yuv[:h4, :w4, ch])
         oy, ox, nby, nbx, ty, tx = _grid(*ll.shape)
         if nby < 1 or nbx < 1:
             continue
@@ -128,9 +136,21 @@ def embed(image: Image.Image, wm_id: str, *, scale: float | None = None) -> Imag
         dll = np.zeros_like(ll)
         dll[oy:oy + nby * BLOCK, ox:ox + nbx * BLOCK] = delta_blk.transpose(0, 2, 1, 3).reshape(nby * BLOCK, nbx * BLOCK)
         # inverse Haar of a change in LL only: each of the 4 pixels moves by dLL / 2
-        yuv[:h4, :w4, ch] += np.repeat(np.repeat(dll / 2.0, 2, axis=0), 2, axis=1).astype(np.float32)
-    out = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB)
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+        half = (dll / 2.0).astype(np.float32)
+        del dll, delta_blk, blocks, av, u, v
+        for dy in (0, 1):
+            for dx in (0, 1):
+                yuv[dy:h4:2, dx:w4:2, ch] += half
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for top in range(0, h, rows):
+        band = cv2.cvtColor(yuv[top:top + rows], cv2.COLOR_YUV2RGB)
+        out[top:top + rows] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "RGB")
+
+
+def _band_rows(width: int) -> int:
+    """Rows of a band of about a million pixels."""
+    return max(1, (1 << 20) // max(1, width))
 
 
 # Brightness and contrast changes scale the chroma planes, and with them s0. The reader estimates

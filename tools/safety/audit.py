@@ -17,6 +17,8 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from tools.dbfile import check_sqlite_file, sqlite_errors
+
 EVENTS = ("request", "decision", "tool_call", "image", "consent", "error", "rate_limited")
 
 # Bulk-pattern thresholds (per user).
@@ -49,14 +51,16 @@ class AuditLog:
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._param = "?"
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
-                "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)"
-            )
-            self._db.execute("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
+                check_sqlite_file(path, "audit")  # garbage or corrupt: one line naming the file, untouched
+            with sqlite_errors(path, "audit"):
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._param = "?"
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
+                    "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)"
+                )
+                self._db.execute("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
 
     def record(self, event: str, *, user_id: str, thread_id: str | None = None, **data: Any) -> None:
         """Append one record; `data` is stored as JSON (prompts, decisions, tool args, refs)."""

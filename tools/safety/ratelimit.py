@@ -1,4 +1,8 @@
-"""Per-user rate limits with the `limits` library (moving window)."""
+"""Per-user rate limits with the `limits` library (moving window).
+
+The agent keeps the counts in `<data root>/ratelimits.sqlite` (`tools.safety.sqlite_limits`), so
+every process on one data root (servers, the chat app, the CLI) shares one quota per key.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +14,48 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from tools.errors import RateLimitedError
+from tools.safety.sqlite_limits import SQLiteStorage, sqlite_url
 
 
 class RateLimiter:
     """`RateLimiter("30/minute;500/day").hit(user_id)` raises RateLimitedError when over a limit.
 
-    Storage is in memory by default; any `limits` storage URL works for several processes
-    (`redis://...`, `memcached://...`, `mongodb://...`).
+    `storage_url`: None keeps the counts in this process's memory; a SQLite file (a path or
+    `sqlite:///path`) shares them with every process that uses the same file; any other `limits`
+    storage URL (`redis://...`, `memcached://...`, `mongodb://...`) shares them across machines.
     """
 
     def __init__(self, spec: str, storage_url: str | None = None, *, namespace: str = "atelier"):
         self.spec = spec
         self.limits = parse_many(spec) if spec and spec.strip() else []
-        self.storage = storage_from_string(storage_url or "memory://")
+        url = storage_url or "memory://"
+        if "://" not in url:  # a plain path: a SQLite file
+            url = sqlite_url(url)
+        self.storage = storage_from_string(url)
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.namespace = namespace
 
     def hit(self, user_id: str) -> None:
         """Count one request of `user_id`, or raise RateLimitedError without counting it."""
+        if isinstance(self.storage, SQLiteStorage):  # every limit checked and counted in one transaction
+            full = self.storage.acquire_entries(
+                [(limit.key_for(self.namespace, user_id), limit.amount, limit.get_expiry()) for limit in self.limits])
+            if full is not None:
+                self._refuse(user_id, self.limits[full])
+            return
         for limit in self.limits:
             if not self.limiter.test(limit, self.namespace, user_id):
-                retry = self.retry_after(user_id, limit)
-                raise RateLimitedError(
-                    f"too many requests: the limit is {_describe(limit)}; try again in {_human(retry)}",
-                    retry_after=retry,
-                )
+                self._refuse(user_id, limit)
         for limit in self.limits:
-            self.limiter.hit(limit, self.namespace, user_id)
+            if not self.limiter.hit(limit, self.namespace, user_id):  # another client took the last one
+                self._refuse(user_id, limit)
+
+    def _refuse(self, user_id: str, limit) -> None:
+        retry = self.retry_after(user_id, limit)
+        raise RateLimitedError(
+            f"too many requests: the limit is {_describe(limit)}; try again in {_human(retry)}",
+            retry_after=retry,
+        )
 
     def retry_after(self, user_id: str, limit=None) -> float:
         limits = [limit] if limit is not None else self.limits
@@ -52,6 +71,10 @@ class RateLimiter:
 
     def reset(self) -> None:
         self.storage.reset()
+
+    def close(self) -> None:
+        if isinstance(self.storage, SQLiteStorage):
+            self.storage.close()
 
 
 def _describe(limit) -> str:

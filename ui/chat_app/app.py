@@ -126,7 +126,7 @@ def _thread_id() -> str:
     return cl.context.session.thread_id
 
 
-_SESSIONS: dict[str, tuple[str, Any]] = {}  # thread id -> (overrides key, agent session)
+_SESSIONS: dict[tuple[str, str], tuple[str, Any]] = {}  # (thread id, user) -> (overrides key, agent session)
 
 
 def current_session():
@@ -134,11 +134,11 @@ def current_session():
     a running turn), rebuilt when the chat settings change."""
     overrides = cl.user_session.get("overrides") or {}
     key = json.dumps(overrides, sort_keys=True)
-    thread_id = _thread_id()
-    known = _SESSIONS.get(thread_id)
+    thread_id, user_id = _thread_id(), _user_id()
+    known = _SESSIONS.get((thread_id, user_id))
     if known is None or known[0] != key:
-        known = (key, studio(overrides).session(thread_id, user_id=_user_id()))
-        _SESSIONS[thread_id] = known
+        known = (key, studio(overrides).session(thread_id, user_id=user_id))
+        _SESSIONS[(thread_id, user_id)] = known
     return known[1]
 
 
@@ -202,7 +202,7 @@ async def on_settings_update(values: dict[str, Any]):
 @cl.on_stop
 async def on_stop():
     _STOPPING.add(_thread_id())
-    known = _SESSIONS.get(_thread_id())
+    known = _SESSIONS.get((_thread_id(), _user_id()))
     if known is not None:
         try:
             known[1].cancel()
@@ -521,13 +521,12 @@ async def on_versions(action: cl.Action):
         await cl.Message(content=TEXTS["versions_empty"], author="Atelier").send()
         return
     rows = render.versions_summary(versions, current)
-    store = studio(cl.user_session.get("overrides") or {}).store
     elements, actions, lines = [], [], [TEXTS["versions_title"]]
     for i, row in enumerate(rows, 1):
         marker = " **(current)**" if row["current"] else ""
         lines.append(f"{i}. `{row['ref']}` — {row['made_by']}" + (f" from `{row['parent']}`" if row["parent"] else "") + marker)
         try:
-            path = await asyncio.to_thread(store.local_path, row["ref"])
+            path = await asyncio.to_thread(session.image_path, row["ref"])
             elements.append(cl.Image(path=path, name=row["ref"], display="inline", size="small"))
         except AtelierError:
             continue
@@ -544,8 +543,7 @@ async def _revert_to(ref: str, template: str) -> None:
     if r.get("error"):
         await cl.Message(content=TEXTS["error"].format(message=r["error"].get("message")), author="Atelier").send()
         return
-    store = studio(cl.user_session.get("overrides") or {}).store
-    path = await asyncio.to_thread(store.local_path, ref)
+    path = await asyncio.to_thread(session.image_path, ref)
     await cl.Message(content=template.format(ref=ref), author="Atelier",
                      elements=[cl.Image(path=path, name=ref, display="inline", size="medium")],
                      actions=_version_actions(ref)).send()
@@ -556,8 +554,7 @@ async def _revert_to(ref: str, template: str) -> None:
 async def on_undo(action: cl.Action):
     session = current_session()
     current = session.current or action.payload.get("ref")
-    store = studio(cl.user_session.get("overrides") or {}).store
-    parent = store.get(current).parent if current else None
+    parent = session.version(current).parent if current else None
     if not parent:
         await cl.Message(content=TEXTS["undo_nothing"], author="Atelier").send()
         return

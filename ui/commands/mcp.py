@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ui.cli import add_profile_args, load_profile_from_args
 
 
@@ -16,7 +19,13 @@ def register(sub) -> None:
                    help="stdio (default; the client starts the server) or streamable HTTP at /mcp")
     p.add_argument("--host", default="127.0.0.1", help="HTTP interface (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8001, help="HTTP port (default 8001)")
-    p.add_argument("--user", default="mcp", help="user id for rate limits and the audit log (default mcp)")
+    p.add_argument("--user", default="local",
+                   help="user id of the client when there are no API keys (default local: the same person as the "
+                   "local chat and CLI, so their refs work here)")
+    p.add_argument(
+        "--api-keys", metavar="FILE", default=os.environ.get("ATELIER_API_KEYS_FILE"),
+        help="HTTP only: YAML file mapping bearer keys to user ids (as for atelier serve; also "
+        "$ATELIER_API_KEYS='key=user,...'). Each key is its own user; without keys HTTP stays on loopback.")
     p.add_argument("--thread", default=None,
                    help="continue this Atelier thread (default: a new thread per client connection)")
     p.set_defaults(func=run)
@@ -32,8 +41,17 @@ def run(args) -> int:
         protect_stdout()  # before anything can print: stdout carries only MCP messages
     profile = load_profile_from_args(args)
     settings = {"log_level": "WARNING"}
+    keys: dict[str, str] = {}
     if args.transport == "http":
+        from ui.http_api import load_api_keys
+
         settings.update(host=args.host, port=args.port)
-    server = build_server(Atelier(profile=profile), user_id=args.user, thread_id=args.thread, **settings)
+        keys = load_api_keys(args.api_keys, os.environ.get("ATELIER_API_KEYS"))
+        if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"atelier mcp: without API keys the HTTP server stays on loopback; {args.host} needs --api-keys",
+                  file=sys.stderr)
+            return 2
+    server = build_server(Atelier(profile=profile), user_id=args.user, thread_id=args.thread, api_keys=keys,
+                          **settings)
     server.run("streamable-http" if args.transport == "http" else "stdio")
     return 0

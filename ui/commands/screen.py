@@ -79,17 +79,11 @@ def _batch(path: str, safety) -> int:
 
 
 def _open_image(path: str):
-    from pathlib import Path
-
-    from tools.errors import BadImageError
     from tools.settings import LimitSettings
-    from tools.store import decode_upload
+    from tools.store import decode_upload, read_upload_file
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise BadImageError(f"{path}: cannot read file ({err.strerror})") from None
-    return decode_upload(data, LimitSettings(), name=Path(path).name)
+    limits = LimitSettings()
+    return decode_upload(read_upload_file(path, limits), limits, name=path)  # screened at the working size
 
 
 def _analyzer(identity):

@@ -22,32 +22,23 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tools.errors import BadImageError
     from tools.provenance import Sealer
     from tools.settings import LimitSettings, ProvenanceSettings
-    from tools.store import decode_upload
+    from tools.store import decode_upload, read_upload_file
 
     try:
         from ui.cli import load_profile_from_args
 
         profile = load_profile_from_args(args)
-        settings, root = profile.provenance, Path(profile.store.root)
+        settings, root, limits = profile.provenance, Path(profile.store.root), profile.limits
     except Exception:  # noqa: BLE001 - sealing needs no models
         from tools.settings import default_data_root
 
-        settings, root = ProvenanceSettings(), Path(default_data_root())
+        settings, root, limits = ProvenanceSettings(), Path(default_data_root()), LimitSettings()
     key_dir = Path(args.key_dir or settings.key_dir or root / "keys")
-    try:
-        data = Path(args.input).read_bytes()
-    except OSError as err:
-        raise BadImageError(f"{args.input}: cannot read file ({err.strerror})") from None
-    image = decode_upload(data, LimitSettings(), name=Path(args.input).name)
-    parent = None
-    if args.parent:
-        try:
-            parent = Path(args.parent).read_bytes()
-        except OSError as err:
-            raise BadImageError(f"{args.parent}: cannot read file ({err.strerror})") from None
+    # Sealed at its own size (the user's file, not a working copy); the hard limits still hold.
+    image = decode_upload(read_upload_file(args.input, limits), limits, name=args.input, fit=False)
+    parent = read_upload_file(args.parent, limits) if args.parent else None
     source = args.source_type or ("compositeWithTrainedAlgorithmicMedia" if parent else "trainedAlgorithmicMedia")
     sealed = Sealer(settings, key_dir).seal(image, action=args.action, source_type=source, parent=parent,
                                             tool_call={"name": "seal", "args": {"input": Path(args.input).name}})

@@ -21,7 +21,11 @@ def register(sub) -> None:
         "With no keys the server is for local use (user 'local').",
     )
     p.add_argument("--allow-remote-images", action="store_true",
-                   help="fetch http(s) image URLs in messages (off: only data: URLs are accepted)")
+                   help="fetch http(s) image URLs in messages (off: only data: URLs are accepted); only "
+                   "public addresses are fetched")
+    p.add_argument("--remote-image-network", metavar="CIDR", action="append", default=[],
+                   help="with --allow-remote-images, also fetch from this non-public network (e.g. an "
+                   "intranet image host, 10.1.2.0/24); repeatable")
     p.add_argument("--public-url", default=None,
                    help="base URL for image links in answers, when clients reach the server through a proxy")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -37,6 +41,7 @@ def run(args) -> int:
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"atelier serve: warning: no API keys configured and listening on {args.host}; "
               "anyone who can reach it can use it (see --api-keys)")
-    options = ServerOptions(api_keys=keys, allow_remote_images=args.allow_remote_images, public_url=args.public_url)
+    options = ServerOptions(api_keys=keys, allow_remote_images=args.allow_remote_images, public_url=args.public_url,
+                            remote_image_allowed_networks=args.remote_image_network)
     serve(Atelier(profile=profile), options, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -21,22 +21,23 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tools.errors import BadImageError
     from tools.provenance import verify_bytes
+    from tools.settings import LimitSettings
+    from tools.store import match_bomb_guard, read_upload_file
 
     try:
         from ui.cli import load_profile_from_args
 
         profile = load_profile_from_args(args)
         key_dir = Path(args.key_dir or profile.provenance.key_dir or Path(profile.store.root) / "keys")
+        limits = profile.limits
     except Exception:  # noqa: BLE001 - verifying needs no models
         from tools.provenance import default_key_dir
 
         key_dir = Path(args.key_dir) if args.key_dir else default_key_dir()
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as err:
-        raise BadImageError(f"{args.file}: cannot read file ({err.strerror})") from None
+        limits = LimitSettings()
+    data = read_upload_file(args.file, limits)
+    match_bomb_guard(limits)  # PIL refuses what max_pixels refuses before decoding
     report = verify_bytes(data, key_dir=key_dir, search=not args.no_search, rivagan=args.rivagan)
     if args.json:
         print(json.dumps(report, indent=2, default=str))

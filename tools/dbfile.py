@@ -1,0 +1,79 @@
+"""SQLite files of the data root (sessions, audit log, rate limits): one clear line when one is not
+a database, and never a write to a file that SQLite cannot read.
+
+    check_sqlite_file(path, "sessions")      # DatabaseFileError when `path` is garbage or corrupt
+    with sqlite_errors(path, "audit"): ...    # the same for corruption found later, on first use
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tools.errors import DatabaseFileError
+
+# SQLite's own names for "this is not (or no longer) a readable database"
+_CORRUPT_CODES = {"SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CORRUPT_VTAB", "SQLITE_CORRUPT_SEQUENCE",
+                  "SQLITE_CORRUPT_INDEX"}
+_CORRUPT_TEXTS = ("file is not a database", "database disk image is malformed", "malformed database schema")
+
+
+def sqlite_path(url: str | Path) -> str:
+    """The file of a SQLite URL (`sqlite:///path`) or a plain path."""
+    return str(url).removeprefix("sqlite:///")
+
+
+def is_corruption(err: BaseException) -> bool:
+    """True for SQLite's "not a database" and "malformed" errors (not for locked, busy, read-only)."""
+    if not isinstance(err, sqlite3.DatabaseError):
+        return False
+    name = getattr(err, "sqlite_errorname", None) or ""
+    return name in _CORRUPT_CODES or any(text in str(err) for text in _CORRUPT_TEXTS)
+
+
+def unreadable(path: str | Path, what: str, reason: str) -> DatabaseFileError:
+    return DatabaseFileError(
+        f"{path} is not a readable Atelier {what} database ({reason}); move it aside or restore a backup "
+        "— nothing was changed")
+
+
+def check_sqlite_file(path: str | Path, what: str) -> None:
+    """Raise DatabaseFileError when `path` exists and SQLite cannot read it as a database.
+
+    Opens the file read-only (nothing is ever written, not even a journal) and reads the schema.
+    A missing or empty file passes (SQLite creates the database); so do errors that are not about
+    the file's contents (locked, no permission), which the caller's own open reports as usual."""
+    if str(path) == ":memory:" or str(path).startswith("file:"):
+        return
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise unreadable(p, what, "it is a directory")
+        if not p.is_file() or p.stat().st_size == 0:
+            return
+    except OSError:
+        return
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        if is_corruption(err):
+            raise unreadable(p, what, str(err)) from None
+    finally:
+        conn.close()
+
+
+@contextmanager
+def sqlite_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Corruption found while using a database becomes the one-line DatabaseFileError."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        if is_corruption(err):
+            raise unreadable(path, what, str(err)) from None
+        raise
