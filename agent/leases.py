@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tools.dbfile import check_sqlite_file, sqlite_errors, sqlite_path
+from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors, sqlite_path
 from tools.errors import AtelierError, CheckpointError, ThreadBusyError
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ class ThreadLeases:
             check_sqlite_file(path, "sessions")
         self._p = "?"
         with sqlite_errors(path, "sessions"):
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = connect_wal(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             self._db.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
                              "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)")
 

@@ -408,6 +408,9 @@ class Session:
     def _turn_input(self, text: str, images: list[ImageInput] | None) -> dict[str, Any]:
         text = (text or "").strip()
         self._check_length(text)
+        limit = self.app.profile.limits.max_images_per_turn
+        if len(images or []) > limit:
+            raise BadImageError(f"{len(images)} images in one message; the limit is {limit}")
         self.app.limiter.hit(self.rate_key)
         refs = [self._ingest(item) for item in images or []]
         self._decline_pending()
@@ -424,7 +427,11 @@ class Session:
     def _decline_pending(self) -> None:
         """A new message or call while a question is open answers it with "no" first."""
         if self.pending_consent is not None:
-            _last_result(self._run(Command(resume=False)))
+            try:
+                _last_result(self._run(Command(resume=False)))
+            except AtelierError:
+                if self.pending_consent is not None:  # still waiting: a real failure
+                    raise
 
     def _direct_input(self, text: str, call: ToolCall, refs: list[str]) -> dict[str, Any]:
         user: dict[str, Any] = {"role": "user", "content": text}
@@ -454,6 +461,9 @@ class Session:
         # one writer per thread across processes: a lease in the sessions database (ThreadBusyError
         # after `limits.thread_busy_wait_s`), renewed while the turn runs
         with self.app.leases.hold(self.key):
+            if isinstance(inp, Command) and self.pending_consent is None:
+                # answered meanwhile (another replica, a retried "yes"): nothing is waiting any more
+                raise AtelierError("there is no question waiting for an answer in this session")
             self._cancel.clear()
             ctx = TurnContext(user_id=self.user_id, thread_id=self.key, cancel=self._cancel)
             failure: dict[str, Any] | None = None
@@ -516,11 +526,15 @@ class Session:
 
 
 def thread_key(user_id: str, thread_id: str) -> str:
-    """Where a user's thread lives in the checkpointer and the store: `<user>/<thread>`, the user
-    percent-quoted so that no user id and thread id pair can spell another user's key."""
+    """Where a user's thread lives in the checkpointer and the store. The local user's threads
+    keep their bare ids (so threads made before users existed still open); anyone else's are
+    `@<user>/<thread>`, the user percent-quoted, so no user id and thread id pair spells another
+    user's key (a local thread id that starts with `@` is put under `@local/` too)."""
     from urllib.parse import quote
 
-    return f"{quote(user_id, safe='')}/{thread_id}"
+    if user_id == LOCAL_USER and not thread_id.startswith("@"):
+        return thread_id
+    return f"@{quote(user_id, safe='')}/{thread_id}"
 
 
 def _last_result(events: Iterator[TurnEvent]) -> TurnResult:

@@ -77,3 +77,24 @@ def sqlite_errors(path: str | Path, what: str) -> Iterator[None]:
         if is_corruption(err):
             raise unreadable(path, what, str(err)) from None
         raise
+
+
+def connect_wal(path: str | Path, *, timeout: float = 10.0, **kwargs) -> sqlite3.Connection:
+    """A connection in WAL mode. Switching a new file to WAL needs the file to itself, and
+    SQLite's busy handler does not wait for that, so two processes that start on a fresh data root
+    at once would see "database is locked": the switch is retried until `timeout`."""
+    import time
+
+    db = sqlite3.connect(str(path), timeout=timeout, **kwargs)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

@@ -95,6 +95,7 @@ def run(
     except ModelUnavailableError as err:
         print(f"note: {err}; measuring with the dlib face analyser instead", file=out)
         identity.backend = "dlib"
+        identity.max_distance = identity.thresholds["dlib"]
         analyzer = FaceAnalyzer(identity)
 
     engine = get_engine(engine_settings, profile=profile.name)

@@ -4,8 +4,13 @@ Backends:
 - `dlib` (default, offline): dlib's detector (HOG, CNN fallback), 68-point shape predictor and the
   ResNet face-recognition model whose files ship in `face-recognition-models`. 128-d embeddings,
   L2 distance < 0.6 means the same person (dlib's published operating point).
-- `insightface`: buffalo_l / antelopev2 when their weights are on disk (the package ships none).
-  Distance is the cosine distance of the normalised ArcFace embeddings (same person < ~0.6).
+- `insightface` (the GPU profiles; extra `insightface`): buffalo_l / antelopev2 ONNX packs from
+  `<insightface_root>/models/<insightface_model>/` (the package ships no weights and nothing here
+  downloads any), a SCRFD detector and an ArcFace recognition model through `FaceAnalysis`.
+  512-d embeddings, normalised; distance is their cosine distance (1 - cosine similarity), same
+  person < 0.6 (similarity > 0.4, insightface's own default: `tools.settings.DEFAULT_THRESHOLDS`).
+  When the pack is missing, one line says where to put it; `identity.fallback: dlib` checks faces
+  with dlib instead and the results say so (`FaceAnalyzer.fallback_note`).
 - `none`: no faces, no checks.
 
 `FaceAnalyzer.compare(source, result)` matches faces one to one (Hungarian assignment over
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -36,6 +42,10 @@ POSITION_WEIGHT = 1.0
 MAX_POSITION_SHIFT = 0.35
 # The CNN detector runs (when HOG finds nothing) only on images up to this side: it is slow on a CPU.
 CNN_FALLBACK_MAX_SIDE = 800
+# Where insightface 2.1 itself fetches a pack (`insightface.utils.storage`); said, never fetched here.
+INSIGHTFACE_ZOO_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo/{name}.zip"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,32 +114,68 @@ class _DlibBackend:
         return float(np.linalg.norm(a - b))
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _insightface_pack(model_dir: Path) -> Path | None:
+    """The folder holding the pack's models: `model_dir`, or the folder of the same name inside it
+    (antelopev2.zip unzips into one), when it has .onnx files or an insightface manifest."""
+    for folder in (model_dir, model_dir / model_dir.name):
+        if folder.is_dir() and (any(folder.glob("*.onnx")) or (folder / "manifest.json").is_file()):
+            return folder
+    return None
+
+
 class _InsightFaceBackend:
     distance_name = "cosine"
 
     def __init__(self, settings: IdentitySettings):
-        root = Path(settings.insightface_root or os.path.expanduser("~/.insightface"))
-        model_dir = root / "models" / settings.insightface_model
-        if not model_dir.is_dir() or not any(model_dir.glob("*.onnx")):
+        name = settings.insightface_model
+        root = Path(os.path.expanduser(settings.insightface_root or "~/.insightface"))
+        model_dir = root / "models" / name
+        if importlib.util.find_spec("insightface") is None:
+            raise ModelUnavailableError("insightface is not installed (pip install 'qwen-atelier[insightface]')")
+        pack = _insightface_pack(model_dir)
+        if pack is None:
             raise ModelUnavailableError(
-                f"insightface {settings.insightface_model} weights are not in {model_dir}; "
-                "put them there or use identity.backend=dlib"
+                f"insightface model {name} not found: put its files in {model_dir} (download {name}.zip "
+                f"on a machine with hub access, e.g. {INSIGHTFACE_ZOO_URL.format(name=name)}, and unzip it there)"
             )
         try:
             from insightface.app import FaceAnalysis
-        except ImportError:
-            raise ModelUnavailableError("insightface is not installed (pip install insightface onnxruntime)") from None
-        self.app = FaceAnalysis(name=settings.insightface_model, root=str(root),
-                                allowed_modules=["detection", "recognition"])
-        self.app.prepare(ctx_id=-1, det_size=(640, 640))
+        except ImportError as err:  # e.g. onnxruntime missing or broken
+            raise ModelUnavailableError(f"insightface cannot be imported: {_one_line(err)}") from None
+        try:
+            # The folder itself, not a name: FaceAnalysis downloads a pack it cannot find by name.
+            self.app = FaceAnalysis(name=str(pack), root=str(root), allowed_modules=["detection", "recognition"])
+        except Exception as err:  # noqa: BLE001 - a broken pack is a missing model, said in one line
+            raise ModelUnavailableError(
+                f"insightface model {name} in {pack} could not be loaded "
+                f"({'no detection model' if isinstance(err, AssertionError) else type(err).__name__}: {_one_line(err)})"
+            ) from None
+        if "recognition" not in self.app.models:
+            raise ModelUnavailableError(
+                f"insightface model {name} in {pack} has no recognition model (an ArcFace .onnx, e.g. w600k_r50.onnx)"
+            )
+        # ctx_id 0 keeps onnxruntime's providers (CUDA with onnxruntime-gpu, else the CPU).
+        self.app.prepare(ctx_id=0, det_size=(640, 640))
 
     def faces(self, image: Image.Image, upsample: int = 1) -> list[Face]:
-        bgr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
+        rgb = np.asarray(image.convert("RGB"))
+        h, w = rgb.shape[:2]
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface reads OpenCV's BGR order
         out = []
         for f in self.app.get(bgr):
-            left, top, right, bottom = (int(round(v)) for v in f.bbox)
+            if f.embedding is None:
+                continue
+            left, top, right, bottom = (int(round(float(v))) for v in f.bbox[:4])
+            box = (max(0, left), max(0, top), min(w, right), min(h, bottom))  # as dlib's: inside the image
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
             emb = np.asarray(f.normed_embedding, dtype=np.float32)
-            out.append(Face(box=(left, top, right, bottom), embedding=emb, score=float(f.det_score)))
+            pts = None if f.kps is None else np.asarray(f.kps, dtype=np.float32)
+            out.append(Face(box=box, embedding=emb, score=float(f.det_score), landmarks=pts))
         return out
 
     @staticmethod
@@ -144,6 +190,10 @@ class FaceAnalyzer:
         self.settings = settings or IdentitySettings()
         self._backend = None
         self._lock = threading.Lock()
+        # The backend in use: the profile's, or dlib when insightface could not run and the profile
+        # allows the fallback (then `fallback_note` says so, for every result to repeat).
+        self.backend_name: str = self.settings.backend
+        self.fallback_note: str | None = None
         # Faces per image content: a source is analysed once however many edits and retries it gets.
         self._cache: OrderedDict[str, list[Face]] = OrderedDict()
         self.cache_size = 64
@@ -157,8 +207,24 @@ class FaceAnalyzer:
             if self.settings.backend == "dlib":
                 self._backend = _DlibBackend()
             elif self.settings.backend == "insightface":
-                self._backend = _InsightFaceBackend(self.settings)
+                try:
+                    self._backend = _InsightFaceBackend(self.settings)
+                except ModelUnavailableError as err:
+                    if self.settings.fallback != "dlib":
+                        raise
+                    try:
+                        self._backend = _DlibBackend()
+                    except ModelUnavailableError as dlib_err:
+                        raise ModelUnavailableError(f"{err}; the dlib fallback cannot run either: {dlib_err}") from None
+                    self.backend_name = "dlib"
+                    self.fallback_note = f"faces checked with dlib, not insightface: {err}"
+                    logger.warning("%s", self.fallback_note)
         return self._backend
+
+    @property
+    def max_distance(self) -> float:
+        """The same-person threshold of the backend in use (dlib's own after a fallback)."""
+        return self.settings.threshold(self.backend_name)
 
     def faces(self, image: Image.Image) -> list[Face]:
         """Faces in `image`, left to right."""
@@ -225,7 +291,7 @@ class FaceAnalyzer:
             checks.append(FaceCheck(
                 face=i,
                 distance=None if dist is None else round(dist, 4),
-                same_person=dist is not None and dist < self.settings.max_distance,
+                same_person=dist is not None and dist < self.max_distance,
                 box=tuple(int(v) for v in src[i].box),
             ))
         return checks

@@ -155,6 +155,7 @@ class Attempt:
     seed: int
     few_step: bool
     faces: list[FaceCheck]
+    backend_note: str | None = None  # e.g. "faces checked with dlib, not insightface: ..."
 
     @property
     def kept(self) -> int:
@@ -198,7 +199,8 @@ def _gated(
         if factor != 1.0:  # report face boxes in the source image's own pixels
             for check in checks:
                 check.box = tuple(round(v / factor) for v in check.box) if check.box else None
-        attempt = Attempt(image=image, seed=seed + k - 1, few_step=few_step, faces=checks)
+        attempt = Attempt(image=image, seed=seed + k - 1, few_step=few_step, faces=checks,
+                          backend_note=getattr(analyzer, "fallback_note", None))
         if best is None or (attempt.kept, -attempt.worst) > (best.kept, -best.worst):
             best = attempt
         if attempt.kept == len(checks):
@@ -222,6 +224,8 @@ def _stage_edit(
     note = describe_checks(attempt.faces)
     if note and attempts > 1:
         note += f" after {attempts} attempts"
+    if attempt.backend_note:
+        note = f"{note}; {attempt.backend_note}" if note else attempt.backend_note
     result = ToolResult(tool=name, size=image.size, seeds=[attempt.seed], faces=attempt.faces, attempts=attempts,
                         drift=drift_figures, note=note)
     return ToolOutcome(result=result, staged=[staged])

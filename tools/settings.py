@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 def default_data_root() -> str:
@@ -58,13 +58,47 @@ class EngineSettings(BaseModel):
     seed_base: int = 0
 
 
+# Same person below these embedding distances, one operating point per backend: each measures its
+# own way. dlib: L2 between 128-d embeddings, 0.6 (dlib's published operating point). insightface:
+# cosine distance (1 - cosine similarity) of normalised ArcFace embeddings, 0.6 = similarity 0.4,
+# insightface 2.1's own "Same Person" default (insightface/gui/core/constants.py DEFAULT_THRESHOLD,
+# used by gui/core/recognition.py compare_embeddings); profiles repeat them with their sources.
+DEFAULT_THRESHOLDS: dict[str, float] = {"dlib": 0.6, "insightface": 0.6}
+
+
 class IdentitySettings(BaseModel):
     backend: Literal["dlib", "insightface", "none"] = "dlib"
-    # dlib: L2 distance between 128-d embeddings; < 0.6 is the same person.
+    # Per backend (missing entries: DEFAULT_THRESHOLDS); a fallback backend is judged by its own.
+    thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # The threshold `backend` is judged by; unset: thresholds[backend] (a chat or --set overrides it).
     max_distance: float = 0.6
     max_attempts: int = 3
     insightface_model: str = "buffalo_l"
-    insightface_root: str | None = None
+    insightface_root: str | None = None  # None: ~/.insightface (its files in <root>/models/<model>/)
+    # When insightface cannot run (not installed, weights not on disk): "dlib" checks faces with
+    # dlib instead and every result says so; None: the gate fails with that one line.
+    fallback: Literal["dlib"] | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _with_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        return {**DEFAULT_THRESHOLDS, **value}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_threshold(cls, data):
+        if isinstance(data, dict) and data.get("max_distance") is None:
+            thresholds = {**DEFAULT_THRESHOLDS, **(data.get("thresholds") or {})}
+            backend = data.get("backend", "dlib")
+            if backend in thresholds:
+                data = {**data, "max_distance": thresholds[backend]}
+        return data
+
+    def threshold(self, backend: str) -> float:
+        """The distance below which `backend` calls two faces the same person."""
+        if backend == self.backend:
+            return self.max_distance
+        return self.thresholds.get(backend, self.max_distance)
 
 
 class SafetySettings(BaseModel):
@@ -113,6 +147,9 @@ class LimitSettings(BaseModel):
     # longest tool text of the contract (a 2000-character prompt or instruction), far below the
     # planner's and the guard model's context, and the screens' cost grows with the length.
     max_prompt_chars: int = Field(4000, ge=1)
+    # Images attached to one message (any surface), counted before any is decoded or fetched: a
+    # scene plus a few references is the most a turn uses.
+    max_images_per_turn: int = Field(6, ge=1)
     # The largest HTTP request body (OpenAI-compatible API), refused before it is parsed. None:
     # room for 4 uploads at max_upload_bytes as base64 (4/3 larger) plus 1 MiB of text: chat apps
     # resend a conversation's earlier images with every turn. 160 MiB + 1 MiB with the defaults.

@@ -144,9 +144,20 @@ class RequestBodyLimit:
     chunked (or lying) body is counted as it streams in and cut at the first chunk over the limit.
     The app then reads a disconnect, and whatever it answers after the cut is dropped."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, keys: dict[str, str] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.keys = [k.encode() for k in (keys or {})]
+
+    def _keyless(self, scope) -> bool:
+        """A request with a body but no valid key, on a server with keys: answered 401 before the
+        body is read (signed image links are GETs without a body and pass)."""
+        if not self.keys or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return False
+        header = next((v for k, v in scope.get("headers") or () if k == b"authorization"), b"")
+        scheme, _, token = header.partition(b" ")
+        token = token.strip() if scheme.lower() == b"bearer" else b""
+        return not any(token and hmac.compare_digest(token, key) for key in self.keys)
 
     def _too_large(self) -> JSONResponse:
         response = ApiError(413, f"request body over this server's {self.max_bytes / 2**20:.3g} MB limit",
@@ -157,6 +168,11 @@ class RequestBodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self._keyless(scope):
+            response = ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)",
+                                type="authentication_error", code="invalid_api_key").response()
+            response.headers["Connection"] = "close"
+            return await response(scope, receive, send)
         declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
             return await self._too_large()(scope, receive, send)
@@ -270,6 +286,9 @@ def load_api_keys(path: str | os.PathLike | None = None, spec: str | None = None
         key, _, user = item.partition("=")
         keys[key.strip()] = user.strip() or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     for key, user in keys.items():
+        if user == LOCAL_USER:
+            raise BadConfigError(f"API key user id {LOCAL_USER!r} is reserved for the local modes (chat app, CLI, "
+                                 "stdio MCP): give the key another user id")
         if len(key) < 8:
             raise BadConfigError(f"API key for {user!r} is too short (at least 8 characters)")
     return keys
@@ -400,6 +419,11 @@ class ChatAdapter:
         if isinstance(message.content, str):
             return message.content, []
         texts, images = [], []
+        limit = self.atelier.profile.limits.max_images_per_turn
+        count = sum(1 for part in message.content if part.type in ("image_url", "input_image"))
+        if count > limit:  # before any image is decoded or fetched
+            raise ApiError(400, f"{count} images in one message; the limit is {limit}", code="too_many_images",
+                           param="messages")
         for i, part in enumerate(message.content):
             if part.type in ("text", "input_text"):
                 texts.append(part.text or "")
@@ -471,10 +495,13 @@ class ChatAdapter:
 
     def link_user(self, ref: str, tag: str | None, exp: str | None, sig: str | None) -> str | None:
         """The user a signed link was made for, or None when it is not a valid, unexpired link."""
-        if not (tag and exp and sig) or not exp.isdigit() or int(exp) < time.time():
+        if not (tag and exp and sig) or not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
+            return None
+        if int(exp) < time.time() or not (tag.isascii() and sig.isascii()):
             return None
         for user in set(self.options.api_keys.values()):
-            if hmac.compare_digest(tag, self.user_tag(user)) and hmac.compare_digest(sig, self.sign(ref, user, int(exp))):
+            if hmac.compare_digest(tag.encode(), self.user_tag(user).encode()) and hmac.compare_digest(
+                    sig.encode(), self.sign(ref, user, int(exp)).encode()):
                 return user
         return None
 
@@ -576,9 +603,16 @@ def _secret(root: str) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     data = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+    try:
+        os.link(tmp, path)  # atomic and exclusive: the first process to start wins, the others read it
+    except FileExistsError:
+        data = path.read_bytes()
+    finally:
+        os.unlink(tmp)
     return data
 
 
@@ -627,7 +661,8 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
     app = FastAPI(title="Atelier (OpenAI-compatible)", version="1", docs_url="/docs", redoc_url=None)
     app.state.adapter = adapter
     app.router.route_class = StrictJSONRoute  # every route below: NaN / Infinity in a body is a 400
-    app.add_middleware(RequestBodyLimit, max_bytes=atelier.profile.limits.request_bytes_limit())
+    app.add_middleware(RequestBodyLimit, max_bytes=atelier.profile.limits.request_bytes_limit(),
+                       keys=options.api_keys)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):

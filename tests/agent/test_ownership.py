@@ -43,3 +43,38 @@ def test_the_planner_sees_only_the_users_own_images(make_app):
     bob.send("what images do I have?")
     seen = str(app.planner.calls[-1])
     assert alice_ref not in seen and "a blue boat" not in seen  # neither Alice's images nor her words
+
+
+def test_thread_keys_keep_local_threads_and_separate_users():
+    from agent.session import thread_key
+
+    assert thread_key("local", "cli") == "cli"  # threads from before users existed still open
+    keys = {thread_key("local", "@bob/t1"), thread_key("bob", "t1"), thread_key("bo/b", "t1"),
+            thread_key("bo", "b/t1"), thread_key("local", "t1")}
+    assert len(keys) == 5  # no user id and thread id pair spells another user's key
+
+
+def test_answering_a_question_nobody_asks_any_more_is_a_clear_error(make_app):
+    import pytest
+
+    from tools.errors import AtelierError
+
+    app = make_app(["Hello."])
+    session = app.session("q", user_id="carol")
+    with pytest.raises(AtelierError, match="no question waiting"):
+        session.resume(approved=True)
+
+
+def test_too_many_images_in_one_message(make_app, tmp_path):
+    import pytest
+    from PIL import Image
+
+    from tools.errors import BadImageError
+
+    app = make_app()
+    path = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), "red").save(path)
+    limit = app.profile.limits.max_images_per_turn
+    with pytest.raises(BadImageError, match="the limit is"):
+        app.session("many").send("/adjust exposure=+1", images=[path] * (limit + 1))
+    assert app.images_for("local").all_versions() == []  # refused before anything was stored

@@ -284,3 +284,38 @@ def test_cli_refuses_another_users_ref_in_one_line(world, tmp_path):
     )
     assert proc.returncode != 0
     assert "no image" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- review findings: crafted links, cheap expensive requests, reserved names ----------------------
+
+
+@pytest.mark.parametrize("query", ["u=%C3%A9&exp=99999999999&sig=00", "u=ab&exp=%C2%B2&sig=00",
+                                   "u=ab&exp=" + "9" * 5000 + "&sig=00", "u=ab&exp=&sig=", "sig=%00"])
+def test_crafted_link_parameters_are_the_uniform_403(world, query):
+    resp = httpx.get(f"{world.base}/v1/files/{world.alice_made}?{query}")
+    assert resp.status_code == 403, resp.text
+
+
+def test_a_keyed_server_refuses_a_keyless_body_before_reading_it(world):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 150000000\r\n\r\n")  # the body never comes: the answer must
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 401"), reply[:200]
+
+
+def test_too_many_images_in_one_message_are_refused_before_decoding(world):
+    limit = world.atelier.profile.limits.max_images_per_turn
+    parts = [{"type": "text", "text": "/adjust exposure=+1"}] + [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}] * (limit + 1)
+    resp = world.chat(KEY_ALICE, parts)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "too_many_images"
+
+
+def test_no_api_key_may_act_as_the_local_user():
+    from ui.http_api import BadConfigError
+
+    with pytest.raises(BadConfigError, match="reserved"):
+        load_api_keys(spec="sk-someone-0123456789=local")

@@ -17,7 +17,7 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
-from tools.dbfile import check_sqlite_file, sqlite_errors
+from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors
 
 EVENTS = ("request", "decision", "tool_call", "image", "consent", "error", "rate_limited")
 
@@ -53,8 +53,7 @@ class AuditLog:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 check_sqlite_file(path, "audit")  # garbage or corrupt: one line naming the file, untouched
             with sqlite_errors(path, "audit"):
-                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db = connect_wal(path, check_same_thread=False, isolation_level=None)
                 self._param = "?"
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from limits.storage import MovingWindowSupport, Storage
 
-from tools.dbfile import check_sqlite_file, sqlite_errors
+from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors
 
 BUSY_TIMEOUT_S = 10.0
+PRUNE_EVERY_S = 60.0  # expired rows of every key (keys never seen again, rotating addresses) go this often
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS rate_entries (key TEXT NOT NULL, ts REAL NOT NULL, expires_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS rate_entries_key_ts ON rate_entries (key, ts)",
+    "CREATE INDEX IF NOT EXISTS rate_entries_expiry ON rate_entries (expires_at)",
     "CREATE TABLE IF NOT EXISTS rate_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, "
     "expires_at REAL NOT NULL)",
 )
@@ -47,10 +49,10 @@ class SQLiteStorage(Storage, MovingWindowSupport):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             check_sqlite_file(path, "rate-limit")
         self._lock = threading.Lock()
+        self._pruned_at = 0.0
         with sqlite_errors(path, "rate-limit"):
-            self._db = sqlite3.connect(path, timeout=float(options.get("timeout", BUSY_TIMEOUT_S)),
-                                       isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = connect_wal(path, timeout=float(options.get("timeout", BUSY_TIMEOUT_S)),
+                                   isolation_level=None, check_same_thread=False)
             for statement in _SCHEMA:
                 self._db.execute(statement)
 
@@ -79,6 +81,10 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         None when counted, else the index of the first window that is full (nothing counted)."""
         now = time.time()
         with self._write() as db:
+            if now - self._pruned_at > PRUNE_EVERY_S:
+                db.execute("DELETE FROM rate_entries WHERE expires_at <= ?", (now,))
+                db.execute("DELETE FROM rate_counters WHERE expires_at <= ?", (now,))
+                self._pruned_at = now
             for i, (key, limit, expiry) in enumerate(windows):
                 db.execute("DELETE FROM rate_entries WHERE key = ? AND expires_at <= ?", (key, now))
                 (count,) = db.execute("SELECT count(*) FROM rate_entries WHERE key = ? AND ts > ?",
