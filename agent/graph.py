@@ -384,9 +384,10 @@ def build_graph(services: Services, checkpointer=None):
         call = state["call"]
         matched = (state.get("decision") or {}).get("matched")
         people = [matched] if isinstance(matched, str) else list(matched or [])
-        from tools.safety import consent_question
+        from tools.safety import consent_question, person_labels
 
-        question = consent_question(people)
+        # People named as every note names them: 1-based, left to right, with where they are.
+        question = consent_question(people, person_labels(_images(services, runtime), people, services.analyzer))
         approved = interrupt({"question": question, "people": people,
                               "call": {"name": call["name"], "args": call["args"]}})
         approved = approved.get("approved") if isinstance(approved, dict) else bool(approved)

@@ -276,7 +276,8 @@ class Session:
 
         data = self.image_bytes(ref)
         sealer = self.app.services.sealer
-        return verify_bytes(data, key_dir=sealer.key_dir, registry=sealer.registry)
+        return verify_bytes(data, key_dir=sealer.key_dir, registry=sealer.registry,
+                            watermark_key=sealer.settings.watermark_key)
 
     def upload(self, data: ImageInput, *, filename: str | None = None) -> ImageVersion:
         """Bring an image into this conversation without a turn (MCP `upload_image`, API uploads):

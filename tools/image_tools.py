@@ -211,6 +211,7 @@ def _gated(
 def _stage_edit(
     ctx: ToolContext, name: str, args: ToolArgs, attempt: Attempt, attempts: int, parent: str,
     source_refs: list[str], drift_figures: dict[str, float], extra_meta: dict[str, Any] | None = None,
+    drift_note: str | None = None,
 ) -> ToolOutcome:
     image = attempt.image
     steps = ctx.engine.steps
@@ -226,6 +227,8 @@ def _stage_edit(
         note += f" after {attempts} attempts"
     if attempt.backend_note:
         note = f"{note}; {attempt.backend_note}" if note else attempt.backend_note
+    if drift_note:
+        note = f"{note}; {drift_note}" if note else drift_note
     result = ToolResult(tool=name, size=image.size, seeds=[attempt.seed], faces=attempt.faces, attempts=attempts,
                         drift=drift_figures, note=note)
     return ToolOutcome(result=result, staged=[staged])
@@ -237,6 +240,24 @@ def _load(ctx: ToolContext, ref: str) -> Image.Image:
 
 def _resize_to(size: tuple[int, int]) -> Callable[[Image.Image], Image.Image]:
     return lambda image: image if image.size == size else image.resize(size, Image.LANCZOS)
+
+
+def _drift_control(source: Image.Image, attempt: Attempt, *, paste_back: bool) -> tuple[dict[str, float], str | None]:
+    """Re-align the chosen attempt onto the source when the model moved it and (for edits) paste
+    back what the edit did not touch; `attempt.image` is replaced, at the engine's own size.
+
+    The work is done on the result's grid (the source resized to it), so the staged image keeps the
+    size the engine drew; shifts are reported in source pixels. Faces the edit touched are edited
+    whole (their boxes, from the identity check, join the change mask)."""
+    grid = attempt.image.size
+    base = source if source.size == grid else source.resize(grid, Image.LANCZOS)
+    fx, fy = grid[0] / source.width, grid[1] / source.height
+    faces = [(b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy) for b in (f.box for f in attempt.faces) if b]
+    image, report = drift.correct(base, attempt.image, paste_back=paste_back, faces=faces)
+    if report.realigned or report.pasted_back:
+        attempt.image = image
+    report = report.rescaled(source.width / grid[0])
+    return report.figures(), report.note()
 
 
 def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
@@ -259,9 +280,9 @@ def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
 
     align = _resize_to(source.size)
     attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=args.preserve_identity)
-    figures = drift.measure(source, align(attempt.image))
+    figures, drift_note = _drift_control(source, attempt, paste_back=True)
     return _stage_edit(ctx, "edit_image", args, attempt, attempts, args.image, [args.image, *args.references],
-                       figures, {"instruction": instruction})
+                       figures, {"instruction": instruction}, drift_note=drift_note)
 
 
 # -- relight ----------------------------------------------------------------------------------
@@ -304,9 +325,11 @@ def relight_image(ctx: ToolContext, args: RelightImage) -> ToolOutcome:
 
     align = _resize_to(source.size)
     attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=True)
-    figures = drift.measure(source, align(attempt.image))
+    # Light changes everywhere: only the geometry is corrected (no paste-back); outside_change is
+    # the residual geometric change once a smooth change of light is taken out.
+    figures, drift_note = _drift_control(source, attempt, paste_back=False)
     return _stage_edit(ctx, "relight_image", args, attempt, attempts, args.image, [args.image], figures,
-                       {"instruction": prompt})
+                       {"instruction": prompt}, drift_note=drift_note)
 
 
 # -- reframe ----------------------------------------------------------------------------------
@@ -379,7 +402,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
             ratio = native_w / native_h
         else:
             ratio = base.width / base.height
-        canvas = snap_dimensions(engine.edit_vae_area(), ratio, engine.multiple)
+        canvas = snap_dimensions(engine.edit_vae_area(), ratio, engine.edit_multiple)
         padded, content = outpaint_canvas(base, canvas, min(zoom, 1.0), t["outpaint_fill"])
         keep = np.zeros((canvas[1], canvas[0]), dtype=bool)
         keep[content[1]:content[3], content[0]:content[2]] = True
@@ -403,7 +426,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
         attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
         raw = raws[attempt.seed]
         # Drift: how much the model moved or changed inside the area it was asked to keep.
-        figures = drift.measure(padded, raw, keep)
+        figures = drift.measure(padded, raw, keep).figures()
     else:
         width, height = engine.edit_size(*base.size)
 
@@ -413,7 +436,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
 
         align = _resize_to(reference.size)
         attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
-        figures = drift.measure(reference, align(attempt.image))
+        figures = drift.measure(reference, align(attempt.image), outside=False).figures()  # framing moved on purpose
     extra["instruction"] = instruction or t["outpaint"]
     return _stage_edit(ctx, "reframe_image", args, attempt, attempts, args.image, [args.image], figures, extra)
 

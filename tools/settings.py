@@ -39,6 +39,9 @@ class EngineSettings(BaseModel):
     # `random-full`: the real full-size architectures with random weights (GPU benchmarks).
     # `hub`: real checkpoints from the model hub / local paths.
     source: Literal["random", "random-full", "hub"] = "random"
+    # `random-full` only: every stack (transformer, text encoder, vision tower) cut to this many
+    # blocks, all widths kept: the real shapes and dtypes cheaply (the CPU shape tests).
+    random_layers: int | None = Field(default=None, ge=1)
     generate_model: str | None = None  # e.g. Qwen/Qwen-Image-2512 or Qwen/Qwen-Image-2.1
     edit_model: str | None = None  # e.g. Qwen/Qwen-Image-Edit-2511 (None: same model edits)
     device: str = "cpu"
@@ -113,6 +116,14 @@ class SafetySettings(BaseModel):
 class ProvenanceSettings(BaseModel):
     watermark: bool = True
     watermark_rivagan: bool = False
+    # Which invisible watermark carries the id: "dwtdctsvd" (chroma; read against this data root's
+    # registry), "lattice" (luminance, self-checking id under a key: read on any machine, survives
+    # rescaling, rotation, big crops, grayscale, screenshots; `tools/provenance/lattice.py`) or
+    # "both" (each layer; ~2 dB lower PSNR). Figures: README, `atelier eval watermark --scheme`.
+    watermark_scheme: Literal["dwtdctsvd", "lattice", "both"] = "dwtdctsvd"
+    # Key of the lattice watermark: None = the public key in the code (any Atelier reads the id);
+    # a private string makes marks only its holders can read (verify tries it and the public one).
+    watermark_key: str | None = None
     c2pa: bool = True
     key_dir: str | None = None  # None: <data_root>/keys (a dev cert is created on first run)
     claim_generator: str = "Atelier"

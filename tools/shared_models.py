@@ -21,8 +21,15 @@ _models: dict[str, Any] = {}
 
 
 def text_encoder_key(engine: EngineSettings) -> str:
-    """The registry key of the text encoder (+ processor) of the pipeline `engine` builds."""
-    return f"text_encoder:{engine.family}:{engine.source}:{engine.generate_model or ''}:{engine.device}"
+    """The registry key of the text encoder (+ processor) of the pipeline `engine` builds.
+
+    Random-weight encoders also differ by seed (and the full-size ones by dtype): two engines
+    share one only when it would be the same weights."""
+    key = f"text_encoder:{engine.family}:{engine.source}:{engine.generate_model or ''}:{engine.device}"
+    if engine.source != "hub":
+        key += f":seed={engine.seed_base}:{engine.dtype if engine.source == 'random-full' else 'float32'}"
+        key += f":layers={engine.random_layers}" if engine.source == "random-full" else ""
+    return key
 
 
 def register(key: str, value: Any) -> None:

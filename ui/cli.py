@@ -14,7 +14,7 @@ import sys
 from tools.errors import AtelierError
 
 COMMANDS = [
-    "chat", "ui", "serve", "mcp", "ingest", "screen", "seal", "verify", "audit", "eval", "bench",
+    "chat", "ui", "serve", "mcp", "ingest", "screen", "seal", "verify", "compare", "audit", "eval", "bench",
 ]
 
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from agent_helpers import tiny_overrides
 from langgraph.checkpoint.sqlite import SqliteSaver
 from PIL import Image
@@ -172,14 +171,9 @@ def test_cli_with_a_garbage_sessions_database_is_one_line(tmp_path):
 
 
 def _cli_profile(tmp_path) -> str:
-    from agent.config import profiles_dir
+    from test_chat_cli import _profile
 
-    data = yaml.safe_load((profiles_dir() / "tiny.yaml").read_text())
-    for section, values in tiny_overrides(tmp_path / "data").items():
-        data.setdefault(section, {}).update(values)
-    path = tmp_path / "tiny-test.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
+    return _profile(tmp_path)
 
 
 def test_cli_with_a_failed_checkpoint_write_exits_non_zero_with_one_line(tmp_path, monkeypatch, capsys):

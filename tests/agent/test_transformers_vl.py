@@ -56,19 +56,51 @@ def test_chat_sees_the_image_and_stops_at_max_tokens(tiny_vl, tmp_path):
     assert with_image > planner.last_timing["prompt_tokens"] + 1
 
 
-def test_share_with_engine_reuses_the_registered_text_encoder(tiny_vl):
+@pytest.mark.parametrize("family", ["qwen-image", "qwen-image-2.1"])
+def test_share_with_engine_uses_the_engines_own_text_encoder(family):
+    """The real engine registers its pipeline's text encoder when it loads; the planner then holds
+    the very same model and processor (one copy), and both still run."""
+    from tools.engines import clear_engines, get_engine
+
     profile = load_profile("tiny", {"planner": {"kind": "transformers", "model": "unused-when-shared",
-                                                "share_with_engine": True, "max_tokens": 4}})
+                                                "share_with_engine": True, "max_tokens": 4},
+                                    "engine": {"family": family, "seed_base": 4242}})  # a fresh engine
     key = shared_models.text_encoder_key(profile.engine)
-    shared_models.register(key, tiny_vl)  # what the engine does when it loads its pipeline
+    assert shared_models.lookup(key) is None
+    engine = get_engine(profile.engine, profile="tiny")
     try:
+        generate, edit = engine.generate_pipeline(), engine.edit_pipeline()
         planner = build_planner(profile)
         assert isinstance(planner, TransformersVLPlanner)
-        assert planner.model is tiny_vl["model"]  # no second copy was loaded
+        assert planner.model is generate.text_encoder is edit.text_encoder  # no second copy was loaded
+        assert planner.processor is engine._random_components()["processor"]
+        if family == "qwen-image":
+            assert edit.processor is planner.processor and generate.tokenizer is planner.processor.tokenizer
+        else:
+            assert generate.processor is planner.processor
         planner.chat(_messages(), [])
         assert planner.last_timing["new_tokens"] >= 1
+        width, height = engine.native_size("1:1")
+        assert engine.generate("a red cube", width=width, height=height, seed=1)[0].size == (width, height)
     finally:
-        shared_models.forget(key)
+        clear_engines()
+    assert shared_models.lookup(key) is None  # dropped with the engine
+
+
+def test_an_engine_built_after_the_planner_uses_the_planners_copy(tiny_vl):
+    """The other order: whoever loads first, the second side gets the same objects."""
+    from tools.engines import clear_engines, get_engine
+
+    profile = load_profile("tiny", {"engine": {"seed_base": 4343}})
+    key = shared_models.text_encoder_key(profile.engine)
+    loaded = shared_models.get_or_load(key, lambda: tiny_vl)  # what the planner's `model` does first
+    assert loaded is tiny_vl
+    engine = get_engine(profile.engine)
+    try:
+        assert engine.generate_pipeline().text_encoder is tiny_vl["model"]
+        assert engine.edit_pipeline().processor is tiny_vl["processor"]
+    finally:
+        clear_engines()
 
 
 def test_a_missing_checkpoint_is_a_clear_error():

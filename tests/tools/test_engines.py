@@ -134,6 +134,46 @@ def test_snap_dimensions_keeps_area_ratio_and_multiple():
     assert abs(w / h - 16 / 9) < 0.05
 
 
+def _diffusers_calculate_dimensions():
+    """Every `calculate_dimensions` the installed Qwen-Image edit pipelines (and 2.1) resize with."""
+    import importlib
+
+    found = {}
+    for name in ("qwenimage.pipeline_qwenimage_edit", "qwenimage.pipeline_qwenimage_edit_plus",
+                 "qwenimage.pipeline_qwenimage_edit_inpaint", "qwenimage21.pipeline_qwenimage21"):
+        try:
+            module = importlib.import_module(f"diffusers.pipelines.{name}")
+        except ImportError:
+            continue
+        found[name] = module.calculate_dimensions
+    assert "qwenimage.pipeline_qwenimage_edit_plus" in found
+    return found
+
+
+@pytest.mark.parametrize("aspect", ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"])
+def test_edit_sizes_are_diffusers_calculate_dimensions(aspect):
+    """The sizes edits are drawn at are the sizes the pipelines resize their VAE input to, taken from
+    diffusers itself (not from `edit_size`): 16:9 at 1024^2 is 1376x768, not 1360x768."""
+    from tools.schemas import ASPECT_RATIOS
+
+    assert aspect in ASPECT_RATIOS
+    engines = [get_engine(EngineSettings(family=f, source="hub", generate_model="unused")) for f in FAMILIES]
+    engines += [get_engine(tiny(f, edit_vae_area=a)) for f in FAMILIES for a in (160 * 160, 4096, 384 * 384)]
+    for w, h in [QWEN_IMAGE_SIZES[aspect], (int(ratio_of(aspect) * 1000), 1000), (997, int(997 / ratio_of(aspect)))]:
+        for name, calculate in _diffusers_calculate_dimensions().items():
+            for engine in engines:
+                expected = tuple(calculate(engine.edit_vae_area(), w / h)[:2])
+                assert engine.edit_size(w, h) == expected, (name, engine.family, engine.edit_vae_area(), w, h)
+            for area in (1024 * 1024, 384 * 384, 1328 * 1328):
+                assert snap_dimensions(area, w / h) == tuple(calculate(area, w / h)[:2]), (name, area)
+
+
+def test_edit_size_16_9_and_4_3_at_a_megapixel():
+    engine = get_engine(EngineSettings(family="qwen-image", source="hub", generate_model="unused"))
+    assert engine.edit_size(1664, 928) == (1376, 768)
+    assert engine.edit_size(1472, 1104) == (1184, 896)
+
+
 def test_out_of_memory_becomes_an_engine_error(monkeypatch):
     import torch
 
@@ -189,3 +229,61 @@ def test_bench_prints_step_tool_and_memory_figures():
     assert "adjust_image    end to end" in text and "revert" in text
     assert "peak RSS" in text
     assert figures["step_s"] > 0 and set(figures["tools"]) == {"adjust_image", "revert"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hub_pipelines_load_with_the_registered_text_encoder_and_register_their_own(family, monkeypatch):
+    """Hub checkpoints: a text encoder registered first (a planner's) is passed to `from_pretrained`
+    instead of loading a second copy; loaded first, the pipeline's own is registered."""
+    from types import SimpleNamespace
+
+    from tools import shared_models
+
+    class FakePipe(SimpleNamespace):
+        def set_progress_bar_config(self, **kw):
+            pass
+
+        def to(self, device):
+            return self
+
+    planner_copy = {"model": object(), "processor": SimpleNamespace(tokenizer=object())}
+    calls = []
+
+    def from_pretrained(self, cls, repo, **shared):
+        calls.append(shared)
+        return FakePipe(text_encoder=shared.get("text_encoder", "own-encoder"), vae="vae",
+                        processor=shared.get("processor", SimpleNamespace(tokenizer=None)))
+
+    from tools.engines.qwen import DiffusersQwenEngine
+
+    monkeypatch.setattr(DiffusersQwenEngine, "_from_pretrained", from_pretrained)
+    settings = EngineSettings(family=family, source="hub", generate_model=f"hub-test-{family}", edit_model="e")
+    key = shared_models.text_encoder_key(settings)
+    shared_models.register(key, planner_copy)
+    try:
+        engine = DiffusersQwenEngine(settings)
+        assert engine.generate_pipeline().text_encoder is planner_copy["model"]
+        assert engine.edit_pipeline().processor is planner_copy["processor"]
+        assert all(c["text_encoder"] is planner_copy["model"] for c in calls)
+        if family == "qwen-image":
+            assert calls[0]["tokenizer"] is planner_copy["processor"].tokenizer
+    finally:
+        shared_models.forget(key)
+    # the other order: the engine loads first and registers the pipeline's encoder + processor
+    engine = DiffusersQwenEngine(settings.model_copy(update={"edit_model": None}))
+    try:
+        pipe = engine.edit_pipeline()
+        assert shared_models.lookup(key) == {"model": "own-encoder", "processor": pipe.processor}
+    finally:
+        shared_models.forget(key)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("aspect", ["16:9", "9:16", "4:3"])
+def test_edit_of_every_aspect_draws_at_the_vae_condition_size(family, aspect):
+    """Areas that round above the VAE area (16:9 at 64^2 is 96x64): the VL processor must not shrink
+    the condition image again (2.1 then had fewer image tokens than latents and failed)."""
+    engine = get_engine(tiny(family))
+    w, h = engine.native_size(aspect)
+    out = engine.edit("make it blue", [noise(w, h, 5)], seed=1)
+    assert out.size == engine.edit_size(w, h)

@@ -285,7 +285,7 @@ def test_a_lost_face_and_a_face_moved_too_far_are_no_match(analyzer, group):
     checks = analyzer.compare(group, covered, source_faces=source)
     assert checks[2].distance is None and not checks[2].same_person
     assert all(c.same_person for c in checks[:2])
-    assert "face 3 is lost" in describe_checks(checks)
+    assert "face 3 (the person on the right) is lost" in describe_checks(checks)
     # the same person across the picture: beyond MAX_POSITION_SHIFT, not a pairing
     here, there = _picture([(0, 40, 40)]), _picture([(0, 560, 400)])
     pairs = analyzer.match(analyzer.faces(here), analyzer.faces(there), here.size, there.size)
@@ -344,7 +344,7 @@ def test_fallback_to_dlib_is_used_and_said(tmp_path, face_photos):
     ctx = ToolContext(store=store, engine=profile.engine, identity=settings, analyzer=analyzer)
     out = run_tool(ctx, "edit_image", {"image": ref, "instruction": "add a hat"})
     assert "faces checked with dlib, not insightface" in out.result.note
-    assert "face 1 is lost" in out.result.note
+    assert "face 1 (the person in the photo) is lost" in out.result.note
     # no fallback allowed: the one line, as an error
     with pytest.raises(ModelUnavailableError, match="insightface model buffalo_l not found"):
         FaceAnalyzer(IdentitySettings(backend="insightface", insightface_root=str(tmp_path))).faces(portrait)

@@ -150,7 +150,7 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path,
     assert page.get_by_text("That did not work").count() == 0
     _shot(page, "08-consent-given-edit")
     page.locator("[id^='step-']", has_text="edit_image").first.click()
-    page.get_by_text(re.compile(r"face 0: (identity distance|lost)")).first.wait_for()  # per-face identity
+    page.get_by_text(re.compile(r"face 1( \([^)]*\))?: (identity distance|lost)")).first.wait_for()  # per-face identity, 1-based
     page.wait_for_timeout(800)
     _shot(page, "08b-edit-identity-checks")
 

@@ -215,9 +215,9 @@ def test_tool_output_shows_refs_size_and_every_check():
     }
     out = render.tool_output(result, denoising_steps=5)
     assert "`img_0123456789ab`" in out and "64x48" in out and "**Seed:** 7" in out and "**Steps:** 5" in out
-    assert "face 0: identity distance 0.310 (same person)" in out
-    assert "face 1: identity distance 0.720 (DRIFTED)" in out
-    assert "face 2: lost" in out
+    assert "face 1: identity distance 0.310 (same person)" in out
+    assert "face 2: identity distance 0.720 (DRIFTED)" in out
+    assert "face 3: lost" in out
     assert "attempts: 2" in out and "watermark id: wm_42" in out and "safety (result): allow" in out
     assert "face 1 still drifts" in out
     assert "drift: global shift 1.5 px, change outside the edit 0.0123" in out

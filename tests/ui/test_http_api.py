@@ -34,8 +34,8 @@ def _free_port() -> int:
 class LoopbackServer:
     """uvicorn serving the app in a thread of the test process, on a free loopback port."""
 
-    def __init__(self, app):
-        self.port = _free_port()
+    def __init__(self, app, port: int | None = None):
+        self.port = port or _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -203,26 +203,12 @@ def test_manifest_includes_the_prompt_when_the_profile_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def mcp_url(world):
-    import uvicorn
-
     from ui.mcp_server import build_server
-
 
     port = _free_port()
     server = build_server(world.atelier, api_keys=world.keys, host="127.0.0.1", port=port, log_level="WARNING")
-    app = server.streamable_http_app()
-    loop_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    import threading
-
-    thread = threading.Thread(target=loop_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not loop_server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the MCP server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/mcp"
-    loop_server.should_exit = True
-    thread.join(timeout=30)
+    with LoopbackServer(server.streamable_http_app(), port=port):
+        yield f"http://127.0.0.1:{port}/mcp"
 
 
 async def _mcp_call(url: str, key: str | None, tool: str, args: dict):

@@ -32,8 +32,13 @@ def get_engine(settings: EngineSettings, *, profile: str | None = None) -> Image
 
 
 def clear_engines() -> None:
-    """Drop every cached engine (frees their memory once nothing else holds them)."""
+    """Drop every cached engine and the text encoders they shared (`tools.shared_models`); their
+    memory is freed once nothing else (a planner) holds them."""
+    from tools import shared_models
+
     with _LOCK:
+        for engine in _ENGINES.values():
+            shared_models.forget(shared_models.text_encoder_key(engine.settings))
         _ENGINES.clear()
 
 

@@ -26,6 +26,9 @@ QWEN_IMAGE_SIZES: dict[str, tuple[int, int]] = {
 
 # Pixel multiple each family keeps (VAE downsampling x patch size): anything else is cropped.
 FAMILY_MULTIPLE = {"qwen-image": 16, "qwen-image-2.1": 32}
+# The multiple diffusers' `calculate_dimensions` rounds to (every Qwen-Image edit pipeline and 2.1):
+# the edit pipelines resize their VAE condition image to it, whatever the family keeps.
+EDIT_MULTIPLE = 32
 # Pixel area the family is trained at (Qwen-Image 2.1: 1024x1024 output resolution).
 FAMILY_AREA = {"qwen-image": 1328 * 1328, "qwen-image-2.1": 1024 * 1024}
 # Area of the tiny random-weight engines (tests): 160x160 — cheap (~0.2 s a 2-step call) and the
@@ -39,11 +42,13 @@ def ratio_of(aspect_ratio: str) -> float:
     return float(w) / float(h)
 
 
-def snap_dimensions(area: int, ratio: float, multiple: int) -> tuple[int, int]:
+def snap_dimensions(area: int, ratio: float, multiple: int = EDIT_MULTIPLE) -> tuple[int, int]:
     """Width and height of about `area` pixels at `ratio`, each a multiple of `multiple`.
 
-    The same rounding as diffusers' `calculate_dimensions` (nearest multiple), so sizes computed
-    here are the sizes the edit pipelines resize their inputs to.
+    With the default multiple (32) this is diffusers' `calculate_dimensions` (nearest multiple of
+    32; tests/tools/test_engines.py pins it to the installed diffusers for every aspect ratio), so
+    sizes computed here are the sizes the edit pipelines resize their inputs to. The one difference:
+    a side never rounds below `multiple` (diffusers would give 0 for an extreme ratio and fail).
     """
     width = math.sqrt(area * ratio)
     height = width / ratio
@@ -102,7 +107,13 @@ class ImageEngine(ABC):
         Drawing at exactly the size the pipeline resizes the input to avoids the known
         Qwen-Image-Edit zoom/shift (the output grid then lines up with the input latents).
         """
-        return snap_dimensions(self.edit_vae_area(), width / height, self.multiple)
+        return snap_dimensions(self.edit_vae_area(), width / height, self.edit_multiple)
+
+    @property
+    def edit_multiple(self) -> int:
+        """The multiple edit canvases snap to: diffusers' `calculate_dimensions` rounding (32), which
+        is also a multiple of what every family keeps (16 or 32)."""
+        return math.lcm(EDIT_MULTIPLE, self.multiple)
 
     def edit_vae_area(self) -> int:
         if self.settings.edit_vae_area:

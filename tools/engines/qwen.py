@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from tools import shared_models
 from tools.engines.base import ImageEngine, Progress
 from tools.errors import CancelledError, EngineError, ModelUnavailableError
 from tools.settings import EngineSettings, LoraSpec
@@ -111,18 +112,68 @@ class DiffusersQwenEngine(ImageEngine):
 
             full = self.settings.source == "random-full"
             build = tiny.qwen_image_components if self.settings.family == "qwen-image" else tiny.qwen_image_21_components
+            shared = shared_models.lookup(self._text_encoder_key())  # a planner's (or engine's) copy
             if full:
                 # Build the full-size modules directly on the device in the target dtype.
                 previous = torch.get_default_dtype()
                 torch.set_default_dtype(self.dtype)
                 try:
                     with torch.device(self.settings.device):
-                        self._components = build(full=True, seed=self.settings.seed_base)
+                        components = build(full=True, seed=self.settings.seed_base, text_encoder=shared is None,
+                                           layers=self.settings.random_layers)
                 finally:
                     torch.set_default_dtype(previous)
             else:
-                self._components = build(full=False, seed=self.settings.seed_base)
+                components = build(full=False, seed=self.settings.seed_base, text_encoder=shared is None)
+            if shared is None:
+                shared = self._share_text_encoder(components["text_encoder"], components["processor"])
+            self._components = self._with_text_encoder(components, shared)
         return self._components
+
+    # -- the text encoder, shared with a planner of the same checkpoint ----------------------------
+    def _text_encoder_key(self) -> str:
+        return shared_models.text_encoder_key(self.settings)
+
+    def _share_text_encoder(self, model, processor) -> dict[str, Any]:
+        """Register the pipeline's text encoder + processor in `tools.shared_models` (unless someone
+        was first: then theirs is used), so a transformers planner with `share_with_engine` gets
+        these very objects instead of loading the checkpoint a second time."""
+        return shared_models.get_or_load(self._text_encoder_key(), lambda: {"model": model, "processor": processor})
+
+    @staticmethod
+    def _with_text_encoder(components: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+        out = dict(components, text_encoder=shared["model"], processor=shared["processor"])
+        if "tokenizer" in out:
+            out["tokenizer"] = shared["processor"].tokenizer
+        return out
+
+    def _hub_shared(self, kind: str) -> dict[str, Any]:
+        """`from_pretrained` overrides for the text encoder when one is registered already."""
+        shared = shared_models.lookup(self._text_encoder_key())
+        if shared is None:
+            return {}
+        out = {"text_encoder": shared["model"]}
+        if self.settings.family == "qwen-image":
+            out["tokenizer"] = shared["processor"].tokenizer
+        if kind == "edit" or self.settings.family != "qwen-image":
+            out["processor"] = shared["processor"]
+        return out
+
+    def _register_hub_text_encoder(self, pipe) -> None:
+        processor = getattr(pipe, "processor", None)
+        if processor is None and self.settings.edit_model:
+            # QwenImagePipeline keeps only the tokenizer; the edit checkpoint has the full processor
+            # (no weights: a few small files), which a vision planner needs.
+            from transformers import AutoProcessor
+
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    self.settings.edit_model, subfolder="processor", **({"local_files_only": True} if _offline() else {})
+                )
+            except (OSError, ValueError, ImportError) as err:
+                log.info("text encoder not shared: no processor for %s (%s)", self.settings.edit_model, err)
+        if processor is not None and getattr(pipe, "text_encoder", None) is not None:
+            self._share_text_encoder(pipe.text_encoder, processor)
 
     def _describe(self) -> str:
         who = f"profile {self.profile!r}" if self.profile else f"engine family {self.settings.family}"
@@ -196,7 +247,9 @@ class DiffusersQwenEngine(ImageEngine):
                     from diffusers import QwenImagePipeline
 
                     if self.settings.source == "hub":
-                        pipe = self._from_pretrained(QwenImagePipeline, self.settings.generate_model)
+                        pipe = self._from_pretrained(QwenImagePipeline, self.settings.generate_model,
+                                                     **self._hub_shared("generate"))
+                        self._register_hub_text_encoder(pipe)
                     else:
                         comps = {k: v for k, v in self._random_components().items() if k != "processor"}
                         pipe = QwenImagePipeline(**comps)
@@ -211,10 +264,11 @@ class DiffusersQwenEngine(ImageEngine):
                 if self.settings.family == "qwen-image":
                     cls = edit_plus_pipeline_class()
                     if self.settings.source == "hub":
-                        shared = {}
+                        shared = self._hub_shared("edit")
                         if self._generate_pipe is not None:  # same Qwen2.5-VL encoder and VAE: load once
-                            shared = {"text_encoder": self._generate_pipe.text_encoder, "vae": self._generate_pipe.vae}
+                            shared.update(text_encoder=self._generate_pipe.text_encoder, vae=self._generate_pipe.vae)
                         pipe = self._from_pretrained(cls, self.settings.edit_model or self.settings.generate_model, **shared)
+                        self._register_hub_text_encoder(pipe)
                     else:
                         pipe = cls(**self._random_components())
                     pipe.condition_image_area = self.edit_condition_area()
@@ -230,7 +284,10 @@ class DiffusersQwenEngine(ImageEngine):
         if self._edit_pipe is not None:
             return self._edit_pipe
         if self.settings.source == "hub":
-            return self._from_pretrained(QwenImage21Pipeline, self.settings.generate_model or self.settings.edit_model)
+            pipe = self._from_pretrained(QwenImage21Pipeline, self.settings.generate_model or self.settings.edit_model,
+                                         **self._hub_shared("generate"))
+            self._register_hub_text_encoder(pipe)
+            return pipe
         return QwenImage21Pipeline(**self._random_components())
 
     # -- running ----------------------------------------------------------------------------

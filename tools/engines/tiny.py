@@ -93,8 +93,14 @@ def _vocab_size(tokenizer) -> int:
 
 # -- family qwen-image (Qwen-Image 2512 + Qwen-Image-Edit 2511) ---------------------------------
 
-def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
-    """Components shared by QwenImagePipeline and QwenImageEditPlusPipeline (plus `processor`)."""
+def qwen_image_components(full: bool = False, seed: int = 0, text_encoder: bool = True,
+                          layers: int | None = None) -> dict:
+    """Components shared by QwenImagePipeline and QwenImageEditPlusPipeline (plus `processor`).
+
+    `text_encoder=False` leaves the Qwen2.5-VL out (`None`): the engine then uses the one already
+    in `tools.shared_models`; the other modules are seeded one by one, so they do not change.
+    `layers` (full size only) keeps every width and cuts the transformer, the text encoder and the
+    vision tower to that many blocks: the real shapes at a fraction of the cost (shape tests)."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -111,6 +117,10 @@ def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
         vision_kw = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
                          fullatt_block_indexes=[7, 15, 23, 31], window_size=112)
         hidden = 3584
+        if layers:
+            transformer_kw["num_layers"] = text_kw["num_hidden_layers"] = vision_kw["depth"] = layers
+            vision_kw["fullatt_block_indexes"] = [layers - 1]  # block 0 windowed (if 2+), the last full
+            vae_kw["num_res_blocks"] = 1  # the VAE's widths and stages kept: one residual block a stage
     else:
         transformer_kw = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
                               num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False,
@@ -133,7 +143,7 @@ def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
         vision_config=vision_kw,
         hidden_size=hidden, vocab_size=_vocab_size(tokenizer), **ids,
     )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval() if text_encoder else None
     # The PIL image processor: the default one needs torchvision, which this project does not require.
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=(28 * 28 * 4) if not full else 56 * 56, max_pixels=(64 * 64 * 4) if not full else 28 * 28 * 1280
@@ -149,7 +159,9 @@ def qwen_image_components(full: bool = False, seed: int = 0) -> dict:
 
 # -- family qwen-image-2.1 ----------------------------------------------------------------------
 
-def qwen_image_21_components(full: bool = False, seed: int = 0) -> dict:
+def qwen_image_21_components(full: bool = False, seed: int = 0, text_encoder: bool = True,
+                             layers: int | None = None) -> dict:
+    """Components of QwenImage21Pipeline; `text_encoder` and `layers` as in `qwen_image_components`."""
     from diffusers import AutoencoderKLQwenImage21, FlowMatchEulerDiscreteScheduler, QwenImage21Transformer2DModel
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -168,6 +180,10 @@ def qwen_image_21_components(full: bool = False, seed: int = 0) -> dict:
         vision_kw = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
                          out_hidden_size=text_hidden, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                          num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])
+        if layers:
+            transformer_kw["num_layers"] = text_kw["num_hidden_layers"] = vision_kw["depth"] = layers
+            vision_kw["deepstack_visual_indexes"] = [layers - 1]
+            vae_kw["num_res_blocks"] = 1
     else:
         z_dim, text_hidden = 8, 16
         transformer_kw = dict(patch_size=1, in_channels=z_dim, out_channels=z_dim, num_layers=2,
@@ -193,10 +209,13 @@ def qwen_image_21_components(full: bool = False, seed: int = 0) -> dict:
         vision_config=vision_kw, image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
         vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
     )
-    text_encoder = Qwen3VLForConditionalGeneration(config).eval()
+    text_encoder = Qwen3VLForConditionalGeneration(config).eval() if text_encoder else None
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, merge_size=2, temporal_patch_size=2,
-        min_pixels=32 * 32, max_pixels=(64 * 64) if not full else 1024 * 1024,
+        # The pipeline resizes every condition image to its area itself (`output_resolution`^2, rounded
+        # to 32: a 16:9 image at 1024 is 1376x768 = 1.06 MP); a lower cap here made the processor shrink
+        # it again, emit fewer image tokens than the VAE latents and fail in the transformer.
+        min_pixels=32 * 32, max_pixels=(512 * 512) if not full else 4096 * 4096,
     )
     processor = _without_video(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     scheduler = FlowMatchEulerDiscreteScheduler()

@@ -100,7 +100,12 @@ class Sealer:
                 from tools.provenance import rivagan
 
                 image = rivagan.embed(image, wm_id)
-            image = wm.embed(image, wm_id)
+            if self.settings.watermark_scheme in ("dwtdctsvd", "both"):
+                image = wm.embed(image, wm_id)
+            if self.settings.watermark_scheme in ("lattice", "both"):
+                from tools.provenance import lattice
+
+                image = lattice.embed(image, wm_id, key=self.settings.watermark_key)
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", self.settings.claim_generator)
         info.add_text("AI-Generated", "true")
@@ -169,9 +174,31 @@ def detect_rivagan(image: Image.Image, registry: WatermarkRegistry, found_id: st
     return {"detected": best >= k, "id": best_id if best >= k else None, "bits_agreeing": best, "threshold_bits": f"{k}/32"}
 
 
+def detect_lattice(image: Image.Image, registry: WatermarkRegistry | None = None,
+                   keys: tuple[str | None, ...] = (None,)) -> dict[str, Any]:
+    """The self-checking lattice watermark (`lattice.py`), under each key (None: the public one);
+    no registry needed. When there is one, `registered` says whether this data root issued the id."""
+    from tools.provenance import lattice
+
+    found = {}
+    for key in dict.fromkeys(keys):
+        found = lattice.detect(image, key=key)
+        found["threshold_bits"] = f"CRC-32 of the id matches (FPR bound {lattice.false_positive_bound():.1e})"
+        found["key"] = "private" if key else "public"
+        if found["detected"]:
+            found["registered"] = bool(registry is not None and found["id"] in registry)
+            break
+    return found
+
+
 def verify_bytes(data: bytes, *, key_dir: str | Path | None = None, registry: WatermarkRegistry | str | Path | None = None,
-                 search: bool = True, rivagan: bool = False) -> dict[str, Any]:
-    """Watermark (detected, id, bit_agreement), C2PA (state, actions...) and plain metadata of a file."""
+                 search: bool = True, rivagan: bool = False, lattice: bool = True,
+                 watermark_key: str | None = None) -> dict[str, Any]:
+    """Watermark (detected, id, bit_agreement), C2PA (state, actions...) and plain metadata of a file.
+
+    The watermark is read against the registry (dwtDctSvd) and, when that finds nothing and
+    `lattice` is on, as a self-checking lattice mark (public key, and `watermark_key` if given),
+    which needs no registry: an image sealed on another machine is read too."""
     key_dir = Path(key_dir or default_key_dir())
     if not isinstance(registry, WatermarkRegistry):
         registry = WatermarkRegistry(registry or _registry_for(key_dir))
@@ -193,6 +220,10 @@ def verify_bytes(data: bytes, *, key_dir: str | Path | None = None, registry: Wa
     credentials = read_credentials(data, trust_anchors=ca.read_text() if ca.exists() else None)
     watermark = (detect_watermark(image.convert("RGB"), registry, search=search) if image is not None
                  else {"detected": False, "id": None, "bit_agreement": 0.0, "error": image_error})
+    if lattice and image is not None and not watermark.get("detected"):
+        found = detect_lattice(image.convert("RGB"), registry, keys=(watermark_key, None) if watermark_key else (None,))
+        if found.get("detected"):
+            watermark = found
     if rivagan and image is not None:
         watermark["rivagan"] = detect_rivagan(image.convert("RGB"), registry, watermark.get("id"))
     return {

@@ -3,7 +3,9 @@
 Embeds a random 48-bit id into n synthetic images (flat colours, linear and radial gradients,
 smooth textures, shapes), attacks every one (JPEG 90/75/50 with 4:2:0, WebP 80, resize 0.5 and
 0.75 and back, crop to 90%, 8-px shift, rotate 2 degrees, horizontal flip, brightness +-20%,
-Gaussian noise, blur) and reports the detection rate per attack at the FPR <= 1e-6 threshold,
+Gaussian noise, blur; and, issue 14, plain downscaling to 50% / 25%, upscaling x1.25, rotation
++-5 / +-10 degrees, crop to 50% at the centre and a corner, grayscale, a screenshot: rescale 0.8 +
+20-px frame + JPEG 80), on those and on natural photos (`--no-photos` to skip), and reports the detection rate per attack at the FPR <= 1e-6 threshold,
 false positives on clean images, PSNR, and embed / verify time at 1 MP.
 """
 
@@ -115,6 +117,32 @@ def _noise(sigma: float):
     return attack
 
 
+def _scale(f: float):
+    """Plain rescale, not back to the original size (downscale to 50% / 25%, upscale x1.25)."""
+    def attack(im):
+        w, h = im.size
+        return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS if f < 1 else Image.BICUBIC)
+
+    return attack
+
+
+def _crop_corner(frac: float):
+    def attack(im):
+        w, h = im.size
+        return im.crop((0, 0, round(w * frac), round(h * frac)))
+
+    return attack
+
+
+def _screenshot(im):
+    """What a screenshot does: rescale 0.8, a 20-px frame of window chrome, JPEG 80."""
+    w, h = im.size
+    small = im.resize((round(w * 0.8), round(h * 0.8)), Image.BILINEAR)
+    framed = Image.new("RGB", (small.width + 40, small.height + 40), (236, 236, 236))
+    framed.paste(small, (20, 20))
+    return _jpeg(80)(framed)
+
+
 ATTACKS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "none": lambda im: im,
     "jpeg90": _jpeg(90),
@@ -131,33 +159,90 @@ ATTACKS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "brightness-20": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
     "noise": _noise(5.0),
     "blur": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
+    # what images go through outside (issue 14): plain rescaling, larger rotations, big crops,
+    # grayscale, screenshots
+    "down0.5": _scale(0.5),
+    "down0.25": _scale(0.25),
+    "up1.25": _scale(1.25),
+    "rotate+5": lambda im: im.rotate(5, resample=Image.BILINEAR),
+    "rotate-5": lambda im: im.rotate(-5, resample=Image.BILINEAR),
+    "rotate+10": lambda im: im.rotate(10, resample=Image.BILINEAR),
+    "rotate-10": lambda im: im.rotate(-10, resample=Image.BILINEAR),
+    "crop50": _crop(0.5),
+    "crop50corner": _crop_corner(0.5),
+    "grayscale": lambda im: im.convert("L").convert("RGB"),
+    "screenshot": _screenshot,
 }
+GEOMETRIC = {"resize0.5", "resize0.75", "crop90", "shift8", "rotate2", "flip", "down0.5", "down0.25", "up1.25",
+             "rotate+5", "rotate-5", "rotate+10", "rotate-10", "crop50", "crop50corner", "screenshot"}
+
+
+def natural_photos() -> list[Image.Image]:
+    """Real photos, offline: scikit-image's bundled data (installed with insightface) and the
+    insightface sample group photo, when those packages are there."""
+    photos = []
+    try:
+        import skimage.data as data
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left"):
+            try:
+                arr = getattr(data, name)()
+            except Exception:  # a dataset not bundled in this version
+                continue
+            photos.append(Image.fromarray(np.asarray(arr)[..., :3].astype(np.uint8)).convert("RGB"))
+    except ImportError:
+        pass
+    import importlib.util
+
+    spec = importlib.util.find_spec("insightface")
+    if spec is not None and spec.submodule_search_locations:
+        t1 = Path(list(spec.submodule_search_locations)[0]) / "data" / "images" / "t1.jpg"
+        if t1.is_file():
+            photos.append(Image.open(t1).convert("RGB"))
+    return photos
+
+
+def lattice_bound() -> float:
+    from tools.provenance import lattice
+
+    return lattice.false_positive_bound()
+
+
+def _scheme(scheme: str):
+    """(embed(image, id), detect(image, registry) -> dict) of a watermark scheme."""
+    if scheme == "lattice":
+        from tools.provenance import lattice
+
+        return lattice.embed, lambda im, registry: lattice.detect(im)
+    return wm.embed, detect_watermark
 
 
 def evaluate(n: int = 50, size: int = 1024, clean: int = 200, clean_size: int = 512, seed: int = 0,
-             attacks: list[str] | None = None, progress=None) -> dict:
+             attacks: list[str] | None = None, progress=None, photos: bool = True, scheme: str = "dwtdctsvd") -> dict:
     rng = np.random.default_rng(seed)
     names = attacks or list(ATTACKS)
+    embed, detect = _scheme(scheme)
+    real = natural_photos() if photos else []
     with tempfile.TemporaryDirectory() as tmp:
         registry = WatermarkRegistry(Path(tmp) / "wm.sqlite")
-        ids = [f"{secrets.randbits(wm.BITS):012x}" for _ in range(n)]
+        ids = [f"{secrets.randbits(wm.BITS):012x}" for _ in range(n + len(real))]
         for wm_id in ids:
             registry.add(wm_id, action="eval")
         k_straight, threshold = wm.thresholds(len(registry))
         psnrs, embed_ms, verify_ms, embed_cpu, verify_cpu = [], [], [], [], []
-        per_attack = {a: {"detected": 0, "n": 0, "agreement": []} for a in names}
+        per_attack = {a: {"detected": 0, "n": 0, "agreement": [], "photo_detected": 0, "photo_n": 0} for a in names}
         attack_ms = {a: [] for a in names}
         for i, wm_id in enumerate(ids):
-            original = synthetic_image(i, size, rng)
+            original = synthetic_image(i, size, rng) if i < n else real[i - n]
             t, c = time.perf_counter(), time.process_time()
-            marked = wm.embed(original, wm_id)
+            marked = embed(original, wm_id)
             embed_ms.append((time.perf_counter() - t) * 1000)
             embed_cpu.append((time.process_time() - c) * 1000)
             psnrs.append(wm.psnr(original, marked))
             for a in names:
                 attacked = ATTACKS[a](marked)
                 t, c = time.perf_counter(), time.process_time()
-                found = detect_watermark(attacked, registry)
+                found = detect(attacked, registry)
                 elapsed = (time.perf_counter() - t) * 1000
                 attack_ms[a].append(elapsed)
                 if a == "none":
@@ -166,16 +251,19 @@ def evaluate(n: int = 50, size: int = 1024, clean: int = 200, clean_size: int = 
                 hit = found["detected"] and found["id"] == wm_id
                 per_attack[a]["n"] += 1
                 per_attack[a]["detected"] += int(hit)
-                per_attack[a]["agreement"].append(found["bits_agreeing"] / wm.BITS)
+                per_attack[a]["agreement"].append(found.get("bits_agreeing", 0) / wm.BITS)
+                if i >= n:
+                    per_attack[a]["photo_n"] += 1
+                    per_attack[a]["photo_detected"] += int(hit)
             if progress:
-                progress(i + 1, n)
+                progress(i + 1, len(ids))
         false_positives, clean_ms = 0, []
-        for j in range(clean):
-            image = synthetic_image(j, clean_size, rng)
+        clean_images = [synthetic_image(j, clean_size, rng) for j in range(clean)] + real
+        for j, image in enumerate(clean_images):
             if j % 2:
                 image = _jpeg(85)(image)
             t = time.perf_counter()
-            found = detect_watermark(image, registry)
+            found = detect(image, registry)
             clean_ms.append((time.perf_counter() - t) * 1000)
             false_positives += int(found["detected"])
         registry.close()
@@ -187,14 +275,18 @@ def evaluate(n: int = 50, size: int = 1024, clean: int = 200, clean_size: int = 
             "mean_bit_agreement": round(float(np.mean(v["agreement"])), 4),
             "median_verify_ms": round(statistics.median(attack_ms[a]), 1),
             "target": TARGETS.get(a), "meets_target": None if a not in TARGETS else rate >= TARGETS[a],
+            "photo_detection_rate": round(v["photo_detected"] / v["photo_n"], 4) if v["photo_n"] else None,
+            "kind": "geometric" if a in GEOMETRIC else "photometric",
         }
     return {
         "n": n, "size": size, "threshold_bits": threshold, "threshold_bits_straight": k_straight, "bits": wm.BITS,
-        "hypotheses": wm.hypotheses(), "registered_ids": n,
+        "hypotheses": wm.hypotheses(), "registered_ids": len(ids),
         "false_positive_bound": n * (wm.binomial_tail(wm.BITS, k_straight)
                                      + (wm.hypotheses() - 1) * wm.binomial_tail(wm.BITS, threshold)),
+        **({"false_positive_bound": lattice_bound(), "threshold": "CRC-32 of the id matches"} if scheme == "lattice" else {}),
         "attacks": rows,
-        "clean_images": clean, "clean_size": clean_size, "false_positives": false_positives,
+        "scheme": scheme, "photos": len(real),
+        "clean_images": clean + len(real), "clean_size": clean_size, "false_positives": false_positives,
         "median_clean_verify_ms": round(statistics.median(clean_ms), 1) if clean_ms else None,
         "psnr_mean": round(statistics.mean(psnrs), 2), "psnr_min": round(min(psnrs), 2),
         "embed_ms_median": round(statistics.median(embed_ms), 1),
@@ -213,6 +305,9 @@ def register_eval(sub) -> None:
     p.add_argument("--clean", type=int, default=200, help="clean images for false positives (default 200)")
     p.add_argument("--clean-size", type=int, default=512, help="side of the clean images (default 512)")
     p.add_argument("--attacks", default=None, help="comma-separated subset of: " + ", ".join(ATTACKS))
+    p.add_argument("--scheme", default="dwtdctsvd", choices=("dwtdctsvd", "lattice"),
+                   help="dwtdctsvd (chroma, registry-matched) or lattice (luminance, self-checking, public key)")
+    p.add_argument("--no-photos", action="store_true", help="synthetic images only (no natural photos)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -229,23 +324,32 @@ def run(args) -> int:
     if args.n < 1 or args.size < 64:
         raise AtelierError("--n must be >= 1 and --size >= 64")
     progress = (lambda i, n: print(f"\r  {i}/{n} images", end="", file=sys.stderr, flush=True)) if not args.json else None
-    r = evaluate(n=args.n, size=args.size, clean=args.clean, clean_size=args.clean_size, attacks=attacks, progress=progress)
+    r = evaluate(n=args.n, size=args.size, clean=args.clean, clean_size=args.clean_size, attacks=attacks, progress=progress,
+                 photos=not args.no_photos, scheme=args.scheme)
     if progress:
         print(file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"watermark eval: {r['n']} images {r['size']}x{r['size']}, dwtDctSvd 48-bit ids, "
-          f"threshold {r['threshold_bits_straight']}/{r['bits']} bits straight, {r['threshold_bits']}/{r['bits']} with sync "
-          f"({r['hypotheses']} hypotheses x {r['registered_ids']} ids; "
-          f"FPR bound {r['false_positive_bound']:.1e})")
+    rule = (f"accepted when the id's CRC-32 matches (no registry; FPR bound {r['false_positive_bound']:.1e})"
+            if r["scheme"] == "lattice" else None)
+    if rule:
+        print(f"watermark eval [lattice]: {r['n']} images {r['size']}x{r['size']} + {r['photos']} natural photos, "
+              f"48-bit ids {rule}")
+    else:
+        print(f"watermark eval [{r['scheme']}]: {r['n']} images {r['size']}x{r['size']} + {r['photos']} natural photos, "
+              f"48-bit ids, threshold {r['threshold_bits_straight']}/{r['bits']} bits straight, "
+              f"{r['threshold_bits']}/{r['bits']} with sync ({r['hypotheses']} hypotheses x {r['registered_ids']} ids; "
+              f"FPR bound {r['false_positive_bound']:.1e})")
     print(f"  PSNR mean {r['psnr_mean']} dB, min {r['psnr_min']} dB (target >= 38)")
     print(f"  embed {r['embed_ms_median']} ms + verify {r['verify_ms_median']} ms at {r['megapixels']} MP "
           f"wall; CPU {r['embed_cpu_ms_median']} + {r['verify_cpu_ms_median']} ms (target <= 200 ms together)")
     print(f"  false positives: {r['false_positives']}/{r['clean_images']} clean images ({r['clean_size']}px; target 0), "
           f"median {r['median_clean_verify_ms']} ms each")
-    print(f"  {'attack':15} {'detected':>9} {'bits':>6} {'ms':>7}  target")
+    print(f"  {'attack':15} {'kind':11} {'detected':>9} {'photos':>7} {'bits':>6} {'ms':>7}  target")
     for a, v in r["attacks"].items():
         target = "" if v["target"] is None else f">= {v['target']:.0%} {'ok' if v['meets_target'] else 'MISSED'}"
-        print(f"  {a:15} {v['detection_rate']:9.0%} {v['mean_bit_agreement']:6.3f} {v['median_verify_ms']:7.0f}  {target}")
+        photo = "" if v["photo_detection_rate"] is None else f"{v['photo_detection_rate']:.0%}"
+        print(f"  {a:15} {v['kind']:11} {v['detection_rate']:9.0%} {photo:>7} {v['mean_bit_agreement']:6.3f} "
+              f"{v['median_verify_ms']:7.0f}  {target}")
     return 0

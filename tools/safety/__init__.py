@@ -16,9 +16,10 @@ from tools.safety.audit import AuditLog
 from tools.safety.images import FaceGallery, ImageScreener
 from tools.safety.ratelimit import RateLimiter
 from tools.safety.screener import Decision, GuardBackend, PromptScreener, refusal_reason, register_guard
-from tools.safety.tool_calls import consent_question, person_keys, screen_tool_call
+from tools.safety.tool_calls import consent_question, person_keys, person_labels, screen_tool_call
 
 __all__ = [
     "AuditLog", "Decision", "FaceGallery", "GuardBackend", "ImageScreener", "PromptScreener", "RateLimitedError",
-    "RateLimiter", "consent_question", "person_keys", "refusal_reason", "register_guard", "screen_tool_call",
+    "RateLimiter", "consent_question", "person_keys", "person_labels", "refusal_reason", "register_guard",
+    "screen_tool_call",
 ]

@@ -82,5 +82,35 @@ def screen_tool_call(
     return Decision(decision="consent", category="consent", reason=reasons()["consent"]["reason"], matched=missing)
 
 
-def consent_question(people: list[str]) -> str:
-    return reasons()["consent"]["question"].format(people=", ".join(people))
+def person_labels(store, keys: list[str], analyzer=None) -> list[str]:
+    """How a person reads each key of `person_keys`: "face 1 (the person on the left)", numbered
+    from 1 left to right as in every note and check; " in <upload ref>" added when the keys come
+    from more than one photo, "the people in <upload ref>" for a whole-photo key."""
+    from tools.identity import face_labels
+
+    roots = list(dict.fromkeys(key.split("#", 1)[0] for key in keys))
+    labels_of: dict[str, list[str] | None] = {}
+    out = []
+    for key in keys:
+        root, _, index = key.partition("#")
+        where = f" in {root}" if len(roots) > 1 else ""
+        if not index.isdigit():
+            out.append(f"the people in {root}")
+            continue
+        if root not in labels_of:
+            try:
+                image = store.open(root)
+                boxes = [tuple(f.box) for f in analyzer.faces(image)]
+                labels_of[root] = face_labels(boxes, image.width)
+            except Exception:  # noqa: BLE001 - no analyser or no boxes: the number alone
+                labels_of[root] = None
+        labels = labels_of[root]
+        i = int(index)
+        out.append((labels[i] if labels is not None and i < len(labels) else f"face {i + 1}") + where)
+    return out
+
+
+def consent_question(people: list[str], labels: list[str] | None = None) -> str:
+    """The consent question; `labels` (from `person_labels`) name the people as a person reads
+    them, else the keys are shown."""
+    return reasons()["consent"]["question"].format(people=", ".join(labels or people))

@@ -56,14 +56,22 @@ def result_checks(result: Any) -> list[str]:
     """The checks a result passed, one short line each: identity per face, watermark, safety."""
     r = _as_dict(result)
     lines: list[str] = []
-    for face in r.get("faces") or []:
-        face = _as_dict(face)
+    faces = [_as_dict(face) for face in r.get("faces") or []]
+    boxes = [face.get("box") for face in faces]
+    if faces and all(boxes):  # named as the note names them: 1-based, left to right, with where
+        from tools.identity import describe_faces
+
+        names = [f"face {int(f.get('face', k)) + 1} ({where})"
+                 for k, (f, where) in enumerate(zip(faces, describe_faces([tuple(b) for b in boxes])))]
+    else:
+        names = [f"face {int(f.get('face', k)) + 1}" for k, f in enumerate(faces)]
+    for face, name in zip(faces, names):
         distance = face.get("distance")
         if distance is None:
-            lines.append(f"face {face.get('face')}: lost (no matching face in the result)")
+            lines.append(f"{name}: lost (no matching face in the result)")
         else:
             verdict = "same person" if face.get("same_person") else "DRIFTED"
-            lines.append(f"face {face.get('face')}: identity distance {distance:.3f} ({verdict})")
+            lines.append(f"{name}: identity distance {distance:.3f} ({verdict})")
     if r.get("attempts", 1) and int(r.get("attempts", 1)) > 1:
         lines.append(f"attempts: {r['attempts']}")
     for wid in r.get("watermark_ids") or []:

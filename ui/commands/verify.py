@@ -31,14 +31,17 @@ def run(args) -> int:
         profile = load_profile_from_args(args)
         key_dir = Path(args.key_dir or profile.provenance.key_dir or Path(profile.store.root) / "keys")
         limits = profile.limits
+        watermark_key = profile.provenance.watermark_key
     except Exception:  # noqa: BLE001 - verifying needs no models
         from tools.provenance import default_key_dir
 
         key_dir = Path(args.key_dir) if args.key_dir else default_key_dir()
         limits = LimitSettings()
+        watermark_key = None
     data = read_upload_file(args.file, limits)
     match_bomb_guard(limits)  # PIL refuses what max_pixels refuses before decoding
-    report = verify_bytes(data, key_dir=key_dir, search=not args.no_search, rivagan=args.rivagan)
+    report = verify_bytes(data, key_dir=key_dir, search=not args.no_search, rivagan=args.rivagan,
+                          watermark_key=watermark_key)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
