@@ -147,7 +147,7 @@ class RequestBodyLimit:
     def __init__(self, app, max_bytes: int, keys: dict[str, str] | None = None):
         self.app = app
         self.max_bytes = max_bytes
-        self.keys = [k.encode() for k in (keys or {})]
+        self.keys = dict(keys or {})
 
     def _keyless(self, scope) -> bool:
         """A request with a body but no valid key, on a server with keys: answered 401 before the
@@ -155,9 +155,7 @@ class RequestBodyLimit:
         if not self.keys or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return False
         header = next((v for k, v in scope.get("headers") or () if k == b"authorization"), b"")
-        scheme, _, token = header.partition(b" ")
-        token = token.strip() if scheme.lower() == b"bearer" else b""
-        return not any(token and hmac.compare_digest(token, key) for key in self.keys)
+        return key_user(self.keys, bearer_token(header)) is None
 
     def _too_large(self) -> JSONResponse:
         response = ApiError(413, f"request body over this server's {self.max_bytes / 2**20:.3g} MB limit",
@@ -294,6 +292,23 @@ def load_api_keys(path: str | os.PathLike | None = None, spec: str | None = None
     return keys
 
 
+def bearer_token(header: str | bytes | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" when there is none)."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def key_user(keys: dict[str, str], token: str) -> str | None:
+    """The user of an API key (compared in constant time), or None. One check for every way in:
+    the HTTP API, its body-limit middleware and the MCP server's token verifier."""
+    for key, user in keys.items():
+        if token and hmac.compare_digest(token.encode(), key.encode()):
+            return user
+    return None
+
+
 class BadConfigError(AtelierError):
     code = "bad_config"
 
@@ -360,14 +375,12 @@ class ChatAdapter:
     # users and threads
     def user_for(self, request: Request) -> str:
         keys = self.options.api_keys
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
+        token = bearer_token(request.headers.get("authorization"))
         if not keys:
             return LOCAL_USER
-        for key, user in keys.items():
-            if token and hmac.compare_digest(token.encode(), key.encode()):
-                return user
+        user = key_user(keys, token)
+        if user is not None:
+            return user
         raise ApiError(401, "missing API key (Authorization: Bearer <key>)" if not token else "invalid API key",
                        type="authentication_error", code="invalid_api_key")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import uuid
 import weakref
@@ -311,10 +310,10 @@ class _KeyVerifier:
     async def verify_token(self, token: str):
         from mcp.server.auth.provider import AccessToken
 
-        for key, user in self.keys.items():
-            if token and hmac.compare_digest(token.encode(), key.encode()):
-                return AccessToken(token="", client_id=user, scopes=[])
-        return None
+        from ui.http_api import key_user
+
+        user = key_user(self.keys, token)
+        return None if user is None else AccessToken(token="", client_id=user, scopes=[])
 
 
 def _key_auth(keys: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
