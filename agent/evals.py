@@ -37,11 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from agent.planners.base import ChatModel, PlannerReply
-from agent.planners.checking import repair_request
+from agent.planners.base import ChatModel, PlannerReply, ToolCall
 from agent.prompting import build_messages, say
 from tools.errors import AtelierError, ToolArgumentError
-from tools.schemas import tool_json_schemas, validate_call
+from tools.schemas import validate_call
 
 
 class EvalCaseError(AtelierError):
@@ -195,10 +194,35 @@ def load_cases(path: str | Path) -> list[dict[str, Any]]:
     return cases
 
 
+def case_images(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """A case's images as the session's versions: an image made by a tool with its `args` carries
+    them as its `tool_call` (as a stored version does)."""
+    out = []
+    for image in case.get("images") or []:
+        image = dict(image)
+        origin = str(image.get("origin") or "upload")
+        if "tool_call" not in image and origin not in ("upload", "uploaded"):
+            name = {"generated": "generate_image", "edited": "edit_image"}.get(origin, origin)
+            image["tool_call"] = {"name": name, "args": dict(image.get("args") or {})}
+        out.append(image)
+    return out
+
+
+def case_facts(case: dict[str, Any]):
+    """The conversation's facts of a case (`agent.resolver.Facts`): its images, the last one
+    current, the ones marked `attached` sent with the message."""
+    from agent.resolver import Facts
+
+    images = case_images(case)
+    attached = [str(im["ref"]) for im in images if im.get("attached")]
+    return Facts.of(images, None, attached)
+
+
 def case_messages(case: dict[str, Any]) -> list[dict[str, Any]]:
     """The planner's messages for a case: its images as the session's list, history replayed."""
-    return build_messages(history=case.get("history") or [], images=case.get("images") or [],
-                          user_text=case["message"])
+    facts = case_facts(case)
+    return build_messages(history=case.get("history") or [], images=case_images(case),
+                          user_text=case["message"], attached=facts.attached)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -211,8 +235,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Planned(NamedTuple):
-    """What the turn decided for a case: the model's first reply (the refusal when the request
-    screen refused), the plan step's final reply when it acted (None otherwise), what happened."""
+    """What the turn decided for a case: the model's first reply translated by the plan step
+    (the refusal when the request screen refused), the final decision after a repair round (None
+    when there was none), what the plan step did."""
 
     first: PlannerReply
     final: PlannerReply | None
@@ -220,11 +245,23 @@ class Planned(NamedTuple):
     screened: bool = False  # refused by the request screen: the planner never ran
 
 
-def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]], *,
+def _decided(step) -> PlannerReply:
+    """A plan step's outcome as a reply to score: its contract calls, or its answer."""
+    if step.calls:
+        return PlannerReply(tool_calls=[ToolCall(c.name, dict(c.args)) for c in step.calls])
+    return PlannerReply(text=step.answer or "")
+
+
+def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, Any]] | None = None, *,
               repair: bool = True, screener: Any = None) -> Planned:
     """What the turn decides for a case before any tool runs: the request screen (`screener`, a
-    `tools.safety.PromptScreener`; None leaves it out), the model's reply, and what the plan step
-    does with it (`agent.planners.checking.repair_request`): a repair round or an answer of its own."""
+    `tools.safety.PromptScreener`; None leaves it out), the model's reply, and the plan step
+    (`agent.planners.checking.plan_step`: the planner's words become contract calls, images are
+    resolved by the case's facts; an unreadable or invalid call gets one repair round)."""
+    from agent.intents import plan_json_schemas
+    from agent.planners.checking import plan_step
+
+    tools = tools or plan_json_schemas()
     message = str(case["message"])
     if screener is not None:
         decision = screener.screen(message)
@@ -232,15 +269,14 @@ def plan_case(planner: ChatModel, case: dict[str, Any], tools: list[dict[str, An
             refusal = PlannerReply(text=say("refused", reason=decision.reason))
             return Planned(refusal, None, f"refused by the request screen ({decision.category})", screened=True)
     messages = case_messages(case)
-    first = planner.chat(messages, tools)
-    refs = [str(im.get("ref")) for im in case.get("images") or [] if im.get("ref")]
-    request = (repair_request(first, refs=refs, current=refs[-1] if refs else None, deciding=True, message=message,
-                              images=case.get("images") or []) if repair else None)
-    if request is None:
-        return Planned(first, None)
-    if request.answer is not None:
-        return Planned(first, PlannerReply(text=request.answer), request.problem)
-    return Planned(first, planner.chat(messages + request.exchange, tools), request.problem)
+    facts = case_facts(case)
+    reply = planner.chat(messages, tools)
+    step = plan_step(reply, facts, deciding=True, can_repair=repair)
+    first = _decided(plan_step(reply, facts, deciding=True, can_repair=False))
+    if not step.repairs:
+        return Planned(first, None if not step.kind else _decided(step), step.problem)
+    again = planner.chat(messages + step.exchange, tools)
+    return Planned(first, _decided(plan_step(again, facts, deciding=True, can_repair=False)), step.problem)
 
 
 def run_eval(
@@ -254,7 +290,9 @@ def run_eval(
     """Run every case as the turn would up to its first tool call: the request screen (when a
     `screener` is given), the planner, the plan step's checks (one repair round unless
     `repair=False`); return the report (see `summarize`)."""
-    tools = tool_json_schemas()
+    from agent.intents import plan_json_schemas
+
+    tools = plan_json_schemas()
     results = []
     for case in cases:
         t0 = time.perf_counter()

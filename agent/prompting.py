@@ -27,10 +27,15 @@ The texts live in `prompts/planner/` (`system.md`, `routing.md`, `examples.md`) 
   called <tool> {args}", "Tool result: ..."); a small planner then decides the new turn on its own
   instead of imitating earlier replies. False keeps them as separate chat messages.
 
+- `attached`: the refs sent with this message (the images list says so).
+
+Images are shown by number (`#1`, `#2`, ... oldest first), never by ref: the planner names an
+image by its number or a word of the version tree and `agent.resolver` turns that into the ref;
+refs in the transcript are replaced by their numbers too.
+
 The result is `[system, user, *current_turn]`: the last user message reads images list,
-transcript, `Message: <text>`, then the short reminder of `prompts/planner/reminder.md`; the
-current turn's assistant tool calls and tool results (after `user_text=None`) follow as real
-messages. The system message is identical across turns, so a backend's prompt cache can reuse it.
+transcript, `Message: <text>`, then the short reminder of `prompts/planner/reminder.md`; a repair
+exchange of the current turn follows as real messages. The system message is identical across turns, so a backend's prompt cache can reuse it.
 Tool schemas are not part of the messages: the backend renders them
 (`tools.schemas.tool_json_schemas()`).
 """
@@ -47,17 +52,19 @@ import yaml
 
 PROMPT_PACKAGE = "prompts.planner"
 REPAIR_FLAG = "repair"  # set on the messages of a repair exchange (the transcript leaves them out)
-_ORIGIN_WORDS = {
-    "upload": "uploaded original",
-    "uploaded": "uploaded original",
-    "generated": "generated",
-    "generate_image": "generated",
-    "edited": "edited",
-    "edit_image": "edited",
-    "relight_image": "relit",
-    "reframe_image": "reframed",
-    "adjust_image": "adjusted",
-}
+def _origin_words() -> dict[str, str]:
+    """How the images list names where a version came from: the step words of the tools
+    (`tools.schemas.STEP_WORDS`), by tool name and by the store's origins."""
+    from tools.schemas import STEP_WORDS
+
+    words = {"upload": "uploaded original", "uploaded": "uploaded original", "generated": "generated",
+             "edited": "edited"}
+    words.update(STEP_WORDS)
+    words.pop("revert", None)
+    return words
+
+
+_ORIGIN_WORDS = _origin_words()
 _DESC_KEYS = ("desc", "description", "caption")
 _DESC_MAX = 140
 
@@ -129,18 +136,29 @@ def _origin_word(image: Any) -> str:
     return _ORIGIN_WORDS.get(str(origin), str(origin))
 
 
-def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
-    """One line per version: `#2 img_x (relit from img_y): warm light from the left (current)`."""
+def image_lines(images: Iterable[Any], current: str | None = None, attached: Iterable[str] = ()) -> list[str]:
+    """One line per version, by number (the planner never needs a ref): `#2 relit from #1: warm
+    light from the left (current)`; photos sent with this message say so."""
     images = [im for im in images if get_field(im, "ref")]
     if current is None and images:
         current = get_field(images[-1], "ref")
+    numbers = {get_field(im, "ref"): n for n, im in enumerate(images, 1)}
+    attached = set(attached)
     lines = []
     for n, image in enumerate(images, 1):
         ref = get_field(image, "ref")
         how = _origin_word(image)
         parent = get_field(image, "parent")
-        head = f"#{n} {ref} ({how} from {parent})" if parent and not how.startswith("uploaded") else f"#{n} {ref} ({how})"
-        desc = describe_image(image)
+        if how.startswith("uploaded"):
+            head = f"#{n} uploaded photo"
+        elif parent in numbers:
+            head = f"#{n} {how} from #{numbers[parent]}"
+        else:
+            head = f"#{n} {how}"
+        if ref in attached:
+            head += ", sent with this message"
+        desc = _REF_IN_TEXT.sub(lambda m: f"#{numbers[m.group()]}" if m.group() in numbers else "an image",
+                                describe_image(image))
         line = f"{head}: {desc}" if desc else head
         if ref == current:
             line += " (current)"
@@ -148,55 +166,22 @@ def image_lines(images: Iterable[Any], current: str | None = None) -> list[str]:
     return lines
 
 
-STEP_NOUNS = {"edited": "edit", "relit": "relighting", "reframed": "reframing", "adjusted": "adjustment"}
-
-
-def version_targets(images: Iterable[Any], current: str | None = None) -> dict[str, Any]:
-    """Where "undo", "the original" and "the version before the <step>" lead from the current
-    image, read off the version tree: `{"undo": ref, "original": ref, "before": {noun: ref},
-    "steps": n}` (`before`: for each kind of step on the current image's line, the version the most
-    recent one started from; nouns of `STEP_NOUNS`). Empty when the current image has no parent."""
-    images = [im for im in images if get_field(im, "ref")]
-    by_ref = {get_field(im, "ref"): im for im in images}
-    if current is None and images:
-        current = get_field(images[-1], "ref")
-    parent = get_field(by_ref.get(current), "parent")
-    if not parent:
-        return {}
-    before: dict[str, str] = {}
-    node, seen = current, set()
-    while node in by_ref and get_field(by_ref[node], "parent") and node not in seen:
-        seen.add(node)
-        noun = STEP_NOUNS.get(_origin_word(by_ref[node]))
-        up = get_field(by_ref[node], "parent")
-        if noun:
-            before.setdefault(noun, up)
-        node = up
-    return {"undo": parent, "original": node, "before": before, "steps": len(seen)}
-
-
-def history_shortcuts(images: Iterable[Any], current: str | None = None) -> str:
-    """`Undo goes back to img_p; the original is img_r.`, then, when the current image is more
-    than one step from the original: `Before the adjustment: img_p; before the relighting: img_q.`
-    (see `version_targets`). Empty when the current image has no parent: a small planner copies
-    a ref it is shown far more reliably than it walks the `from` links."""
-    targets = version_targets(images, current)
-    if not targets:
-        return ""
-    text = f"Undo goes back to {targets['undo']}; the original is {targets['original']}."
-    if targets["steps"] > 1:  # more than one step: name where each kind of step started
-        befores = "; ".join(f"before the {noun}: {ref}" for noun, ref in targets["before"].items())
-        text += f" B{befores[1:]}."
-    return text
-
-
-def images_block(images: Iterable[Any], current: str | None = None) -> str:
-    images = list(images)
-    lines = image_lines(images, current)
+def images_block(images: Iterable[Any], current: str | None = None, attached: Iterable[str] = ()) -> str:
+    lines = image_lines(images, current, attached)
     if not lines:
         return "Images in this chat: none."
-    shortcuts = history_shortcuts(images, current)
-    return "Images in this chat (oldest first):\n" + "\n".join(lines) + (f"\n{shortcuts}" if shortcuts else "")
+    return "Images in this chat:\n" + "\n".join(lines)
+
+
+def ref_labels(images: Iterable[Any]) -> dict[str, str]:
+    """ref -> its number in the planner's list ("#3")."""
+    refs = list(dict.fromkeys(get_field(im, "ref") for im in images if get_field(im, "ref")))
+    return {ref: f"#{n}" for n, ref in enumerate(refs, 1)}
+
+
+def _labelled(text: str, labels: dict[str, str]) -> str:
+    """Refs in a text written for the planner replaced by their numbers."""
+    return _REF_IN_TEXT.sub(lambda m: labels.get(m.group(), "an earlier image"), text)
 
 
 def _flat_call(call: Any) -> dict[str, Any]:
@@ -250,8 +235,7 @@ def _trim(history: list[dict[str, Any]], max_history: int) -> list[dict[str, Any
 
 
 _REF_IN_TEXT = re.compile(r"\bimg_[0-9a-zA-Z]+\b")
-_TOOL_OF_ORIGIN = {"generated": "generate_image", "edited": "edit_image", "relit": "relight_image",
-                   "reframed": "reframe_image", "adjusted": "adjust_image"}
+_TOOL_OF_ORIGIN = {word: tool for tool, word in _ORIGIN_WORDS.items() if tool.endswith("_image")}
 
 
 def _made_by(images: Iterable[Any]) -> dict[str, str]:
@@ -297,11 +281,13 @@ def build_messages(
     images: Iterable[Any] = (),
     user_text: str | None = None,
     current: str | None = None,
+    attached: Iterable[str] = (),
     max_history: int = 20,
     examples: bool = True,
     transcript: bool = True,
 ) -> list[dict[str, Any]]:
-    """The planner's messages for one model call (see the module docstring for the arguments)."""
+    """The planner's messages for one model call (see the module docstring for the arguments;
+    `attached`: the refs sent with this message)."""
     msgs = [m for m in (normalize_message(m) for m in history) if m is not None]
     msgs = _trim(msgs, max_history)
     if user_text is not None:
@@ -309,7 +295,8 @@ def build_messages(
     # the user's request (a repair exchange after it belongs to the current turn, never replaces it)
     last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user" and not m.get(REPAIR_FLAG)), default=None)
     images = list(images)
-    block = images_block(images, current)
+    block = images_block(images, current, attached)
+    labels = ref_labels(images)
     if last_user is None:  # no user message at all: only the images block
         return [{"role": "system", "content": system_prompt(examples=examples)},
                 {"role": "user", "content": block}, *msgs]
@@ -320,9 +307,11 @@ def build_messages(
         # a ref that a replayed tool result already reports keeps the assistant's words
         reported = {r for m in earlier if m["role"] == "tool" for r in _REF_IN_TEXT.findall(m["content"])}
         made_by = {r: t for r, t in _made_by(images).items() if r not in reported}
-        parts.append("Conversation so far:\n" + "\n".join(transcript_line(m, made_by) for m in earlier))
+        parts.append(_labelled("Conversation so far:\n" + "\n".join(transcript_line(m, made_by) for m in earlier),
+                               labels))
     parts.append(f"Message: {msgs[last_user]['content']}")
     parts.append(load_prompt("reminder.md"))
     user = {"role": "user", "content": "\n\n".join(parts)}
+    turn = [{**m, "content": _labelled(m["content"], labels)} for m in turn]
     body = [user, *turn] if transcript else [*earlier, user, *turn]
     return [{"role": "system", "content": system_prompt(examples=examples)}, *body]

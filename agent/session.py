@@ -42,8 +42,10 @@ from pydantic import BaseModel, Field
 
 from agent.checkpoints import guarded
 from agent.config import Profile, _deep_merge, load_profile
-from agent.graph import Services, TurnContext, build_graph
+from agent.graph import Services, TurnContext, TurnState, assistant_message, build_graph
 from agent.planners.base import ChatModel, ToolCall
+from agent.turn import (ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, EventKind, OutputImage, PendingCall,
+                        TurnError, TurnEvent, TurnResult, AnswerEvent)
 from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
 from tools.dbfile import check_sqlite_file, sqlite_path
@@ -53,27 +55,7 @@ from tools.store import LOCAL_USER, ImageStore, ImageVersion, OwnedImages
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["status", "tool_start", "progress", "tool_end", "image", "consent", "refusal",
-                    "answer", "error", "done"]
-
-
-class TurnResult(BaseModel):
-    """What one turn produced."""
-
-    thread_id: str
-    answer: str = ""
-    tool_calls: list[dict[str, Any]] = Field(default_factory=list)  # {"name", "args", "result"}
-    images: list[dict[str, Any]] = Field(default_factory=list)  # {"ref", "path", "width", "height"}
-    consent: dict[str, Any] | None = None  # pending question: {"question", "people", "call"}
-    refused: dict[str, Any] | None = None  # {"category", "reason"}
-    error: dict[str, Any] | None = None  # {"code", "message"}
-
-
-class TurnEvent(BaseModel):
-    """One step of a turn as it happens (see the module docstring of agent.graph)."""
-
-    kind: EventKind
-    data: dict[str, Any] = Field(default_factory=dict)
+__all__ = ["Atelier", "Session", "TurnEvent", "TurnResult", "EventKind", "thread_key"]
 
 
 ImageInput = str | bytes | os.PathLike
@@ -174,8 +156,7 @@ class Atelier:
 
     @property
     def graph(self):
-        return self._once("graph", lambda: build_graph(
-            self.services, open_checkpointer(self.profile.store.sessions_url())))
+        return self._once("graph", lambda: build_graph(open_checkpointer(self.profile.store.sessions_url())))
 
     def images_for(self, user_id: str) -> OwnedImages:
         """The image store as `user_id` sees it: only their own versions resolve."""
@@ -244,10 +225,10 @@ class Session:
         return self.app.graph.get_state(self._config)
 
     @property
-    def pending_consent(self) -> dict[str, Any] | None:
+    def pending_consent(self) -> ConsentQuestion | None:
         """The consent question the turn is waiting on, or None."""
         snap = self._snapshot()
-        return dict(snap.interrupts[0].value) if snap.interrupts else None
+        return ConsentQuestion.model_validate(snap.interrupts[0].value) if snap.interrupts else None
 
     @property
     def current(self) -> str | None:
@@ -298,7 +279,7 @@ class Session:
         name = Path(filename).name if filename else "upload"
         image = decode_upload(bytes(data), self.images.limits, name=name)
         services = self.app.services
-        decision = services.image_screener.screen(image, stage="upload")
+        decision = services.image_screener.screen(image)
         record = decision.model_dump(mode="json") if hasattr(decision, "model_dump") else vars(decision)
         try:
             services.audit.record("upload_screen", user_id=self.user_id, thread_id=self.key,
@@ -439,10 +420,9 @@ class Session:
         if refs:
             user["images"] = refs
         stored = call.as_dict()  # arguments a checkpoint can hold (validated by screen_call)
-        assistant = {"role": "assistant", "content": "", "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(stored["args"], ensure_ascii=False)}}]}
-        return {"messages": [user, assistant], "direct": True, "queue": [stored]}
+        pending = PendingCall(id=stored["id"], name=stored["name"], args=stored["args"])
+        return {"messages": [user, assistant_message("", [pending])], "direct": True,
+                "queue": [pending.model_dump(mode="json")]}
 
     def _ingest(self, item: ImageInput) -> str:
         store = self.images
@@ -466,41 +446,40 @@ class Session:
                 # answered meanwhile (another replica, a retried "yes"): nothing is waiting any more
                 raise AtelierError("there is no question waiting for an answer in this session")
             self._cancel.clear()
-            ctx = TurnContext(user_id=self.user_id, thread_id=self.key, cancel=self._cancel)
-            failure: dict[str, Any] | None = None
+            ctx = TurnContext(services=self.app.services, user_id=self.user_id, thread_id=self.key,
+                              cancel=self._cancel)
+            failure: TurnError | None = None
             before = self._checkpoint_id()
             try:
                 for mode, chunk in graph.stream(inp, self._config, context=ctx,
                                                 stream_mode=["custom", "updates"]):
                     if mode == "custom":
-                        data = dict(chunk)
-                        yield TurnEvent(kind=data.pop("kind"), data=data)
+                        yield chunk  # a TurnEvent (agent.graph emits them typed)
                     elif "__interrupt__" in chunk:
-                        yield TurnEvent(kind="consent", data=dict(chunk["__interrupt__"][0].value))
+                        yield ConsentEvent.model_validate(chunk["__interrupt__"][0].value)
             except AtelierError as err:  # e.g. CheckpointError: the turn could not be saved
-                failure = {"code": err.code, "message": str(err), "http_status": err.http_status}
+                failure = TurnError(code=err.code, message=str(err), http_status=err.http_status)
             except Exception as err:  # noqa: BLE001 - a crash ends the turn with a message
                 log.exception("turn failed (thread %s)", self.thread_id)
-                failure = {"code": "internal_error", "message": f"something went wrong: {type(err).__name__}: {err}",
-                           "http_status": 500}
+                failure = TurnError(code="internal_error", message=f"something went wrong: {type(err).__name__}: {err}",
+                                    http_status=500)
             snap = None
             if failure is None:
                 snap = self._snapshot()
                 if snap.config["configurable"].get("checkpoint_id") == before:
-                    failure = {"code": "checkpoint_failed", "http_status": 503,
-                               "message": "this turn was not saved to the sessions database; its answer was not "
-                                          "kept — send the message again"}
+                    failure = TurnError(code="checkpoint_failed", http_status=503,
+                                        message="this turn was not saved to the sessions database; its answer was not "
+                                                "kept — send the message again")
             if failure is not None:
                 # the checkpoint still holds the previous turn: nothing of it is this turn's result
-                result = TurnResult(thread_id=self.thread_id, answer=failure["message"].splitlines()[0],
-                                    error=failure)
+                result = TurnResult(thread_id=self.thread_id, answer=failure.message.splitlines()[0], error=failure)
             else:
                 result = self._result(snap)
             if result.answer:
-                yield TurnEvent(kind="answer", data={"text": result.answer})
+                yield AnswerEvent(text=result.answer)
             if result.error:
-                yield TurnEvent(kind="error", data=dict(result.error))
-            yield TurnEvent(kind="done", data={"result": result})
+                yield ErrorEvent(**result.error.model_dump())
+            yield DoneEvent(result=result)
 
     def _checkpoint_id(self) -> str | None:
         """The id of the thread's latest checkpoint (None: a new thread)."""
@@ -509,20 +488,21 @@ class Session:
 
     def _result(self, snap=None) -> TurnResult:
         snap = snap if snap is not None else self._snapshot()
-        values = snap.values
+        state = TurnState.model_validate(snap.values)
         images = []
-        for ref in values.get("images") or []:
+        for ref in state.images:
             version = self.images.get(ref)
-            images.append({"ref": ref, "path": self.images.local_path(ref),
-                           "width": version.width, "height": version.height})
+            images.append(OutputImage(ref=ref, path=self.images.local_path(ref), width=version.width,
+                                      height=version.height))
         return TurnResult(
             thread_id=self.thread_id,
-            answer=values.get("answer") or "",
-            tool_calls=list(values.get("calls") or []),
+            answer=state.answer,
+            tool_calls=state.calls,
             images=images,
-            consent=dict(snap.interrupts[0].value) if snap.interrupts else None,
-            refused=values.get("refused"),
-            error=values.get("error"),
+            consent=ConsentQuestion.model_validate(snap.interrupts[0].value) if snap.interrupts else None,
+            refused=state.refused,
+            error=state.error,
+            planner_calls=state.planner_calls,
         )
 
 
@@ -542,6 +522,6 @@ def _last_result(events: Iterator[TurnEvent]) -> TurnResult:
     result = None
     for event in events:
         if event.kind == "done":
-            result = event.data["result"]
+            result = event.result
     assert result is not None, "a turn always ends with a done event"
     return result

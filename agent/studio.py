@@ -1,7 +1,7 @@
-"""Builds the tool-room components a profile names (store, engines, screens, sealer).
+"""Opens the image store a profile names (`open_store`).
 
-The agent, the CLI and every surface get their components here, so a profile is turned into
-objects in one place.
+The agent, the CLI and every surface open their store here, so a profile's store settings are
+turned into an `ImageStore` in one place.
 """
 
 from __future__ import annotations

@@ -79,15 +79,13 @@ def child(path: str, budget: str, phases: bool) -> None:
     if profiler is not None:
         profiler.disable()
     peak = _rss_mb()
-    error = getattr(result, "error", None)
-    images = list(getattr(result, "images", []) or [])
-    out = images[-1] if images else {}
+    out = result.images[-1] if result.images else None
     upload = [v for v in session.history() if v.origin == "upload"]
     print(json.dumps({
         "wall_s": round(wall, 2), "rss_before_mb": round(before), "rss_peak_mb": round(peak),
-        "result": f"{out.get('width')}x{out.get('height')}" if out else None,
+        "result": f"{out.width}x{out.height}" if out is not None else None,
         "resized_from": upload[0].metadata.get("resized_from") if upload else None,
-        "error": str(error.get("message") if isinstance(error, dict) else error) if error else None,
+        "error": result.error.message if result.error is not None else None,
     }))
     if profiler is not None:
         import io

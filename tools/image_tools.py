@@ -119,7 +119,7 @@ def _call(name: str, args: ToolArgs, **filled: Any) -> dict[str, Any]:
     return {"name": name, "args": payload}
 
 
-def _new_seed(ctx: ToolContext) -> int:
+def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
@@ -133,7 +133,7 @@ def _engine_meta(ctx: ToolContext, steps: int, seed: int, size: tuple[int, int])
 def generate_image(ctx: ToolContext, args: GenerateImage) -> ToolOutcome:
     engine = ctx.get_engine()
     width, height = engine.native_size(args.aspect_ratio)
-    seed = args.seed if args.seed is not None else _new_seed(ctx)
+    seed = args.seed if args.seed is not None else _new_seed()
     images = engine.generate(args.prompt, width=width, height=height, seed=seed, negative_prompt=args.negative_prompt,
                              count=args.count, progress=ctx.progress)
     seeds = [seed + i for i in range(len(images))]
@@ -174,6 +174,7 @@ def _gated(
     *,
     seed: int,
     check_identity: bool,
+    gate: bool = True,
 ) -> tuple[Attempt, int]:
     """Render, check every face of `source` in the (aligned) result, retry while a face drifts.
 
@@ -190,7 +191,8 @@ def _gated(
         full_align = align
         align = lambda image: full_align(image).resize(size, Image.LANCZOS)  # noqa: E731
     source_faces = analyzer.faces(source) if analyzer is not None and analyzer.enabled else []
-    max_attempts = max(1, ctx.identity.max_attempts) if source_faces else 1
+    # measured whenever the source has faces; retried only when the faces must stay (`gate`)
+    max_attempts = max(1, ctx.identity.max_attempts) if source_faces and gate else 1
     best: Attempt | None = None
     for k in range(1, max_attempts + 1):
         few_step = not (k == max_attempts and k > 1)
@@ -279,7 +281,8 @@ def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
                            progress=ctx.progress, negative_prompt=clauses["negative"], few_step=few_step)
 
     align = _resize_to(source.size)
-    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=args.preserve_identity)
+    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(), check_identity=True,
+                                gate=args.preserve_identity)
     figures, drift_note = _drift_control(source, attempt, paste_back=True)
     return _stage_edit(ctx, "edit_image", args, attempt, attempts, args.image, [args.image, *args.references],
                        figures, {"instruction": instruction}, drift_note=drift_note)
@@ -324,7 +327,7 @@ def relight_image(ctx: ToolContext, args: RelightImage) -> ToolOutcome:
                            negative_prompt=load_prompts("relight")["negative"], adapters=adapters, few_step=few_step)
 
     align = _resize_to(source.size)
-    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=True)
+    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(), check_identity=True)
     # Light changes everywhere: only the geometry is corrected (no paste-back); outside_change is
     # the residual geometric change once a smooth change of light is taken out.
     figures, drift_note = _drift_control(source, attempt, paste_back=False)
@@ -423,7 +426,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
         def align(image: Image.Image) -> Image.Image:
             return image.crop(content).resize(reference.size, Image.LANCZOS)
 
-        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
+        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(), check_identity=True)
         raw = raws[attempt.seed]
         # Drift: how much the model moved or changed inside the area it was asked to keep.
         figures = drift.measure(padded, raw, keep).figures()
@@ -435,7 +438,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
                                adapters=adapters, few_step=few_step)
 
         align = _resize_to(reference.size)
-        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
+        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(), check_identity=True)
         figures = drift.measure(reference, align(attempt.image), outside=False).figures()  # framing moved on purpose
     extra["instruction"] = instruction or t["outpaint"]
     return _stage_edit(ctx, "reframe_image", args, attempt, attempts, args.image, [args.image], figures, extra)

@@ -296,7 +296,6 @@ class ToolResult(BaseModel):
     attempts: int = 1
     drift: dict[str, float] = Field(default_factory=dict)  # e.g. global_shift_px, outside_change
     watermark_ids: list[str] = Field(default_factory=list)
-    safety: dict[str, str] = Field(default_factory=dict)
     note: str | None = None  # plain-language warnings ("face 2 still drifts")
     error: str | None = None
 
@@ -317,3 +316,10 @@ class ToolResult(BaseModel):
         if self.note:
             parts.append(self.note)
         return "; ".join(parts) or "done"
+
+
+# How a person reads each step (the past tense of what a tool did): answers, notes, version lists.
+STEP_WORDS: dict[str, str] = {
+    "generate_image": "generated", "edit_image": "edited", "relight_image": "relit", "reframe_image": "reframed",
+    "adjust_image": "adjusted", "revert": "reverted", "upload": "uploaded",
+}

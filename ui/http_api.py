@@ -56,6 +56,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.turn import DoneEvent, ProgressEvent, StatusEvent, ToolStartEvent
 from tools.errors import AtelierError, BadImageError, RateLimitedError, UnknownRefError
 from tools.schemas import is_ref
 from tools.store import LOCAL_USER
@@ -521,15 +522,14 @@ class ChatAdapter:
     def render(self, result, base: str, user: str) -> str:
         """The markdown answer: the agent's words, then each image as a link to /v1/files."""
         parts = [result.answer.strip()] if result.answer and result.answer.strip() else []
-        if result.consent:  # the turn waits: the next user message answers (yes/no)
-            question = result.consent.get("question") or ""
+        if result.consent is not None:  # the turn waits: the next user message answers (yes/no)
+            question = result.consent.question
             if question and question not in parts:
                 parts.append(self._texts["consent"].format(question=question))
         for image in result.images:
-            ref = image["ref"] if isinstance(image, dict) else image.ref
-            parts.append(f"![{ref}]({self.file_url(ref, base, user)})")
-        if not parts and result.error:
-            parts.append(str(result.error.get("message", "something went wrong")))
+            parts.append(f"![{image.ref}]({self.file_url(image.ref, base, user)})")
+        if not parts and result.error is not None:
+            parts.append(result.error.message or "something went wrong")
         return "\n\n".join(parts)
 
     # turns
@@ -559,7 +559,7 @@ class ChatAdapter:
         return None
 
     def consent_reply(self, session, text: str, images: list[bytes]) -> bool | None:
-        if images or not getattr(session, "pending_consent", None):
+        if images or session.pending_consent is None:
             return None
         return consent_answer(text, self._replies)
 
@@ -580,14 +580,13 @@ class ChatAdapter:
 def failed_turn(result) -> ApiError | None:
     """The HTTP error of a turn that failed as a whole (its checkpoint could not be saved, a crash):
     such a result carries `error.http_status` and no answer of its own, so it is never a 200."""
-    error = getattr(result, "error", None) or {}
-    status = error.get("http_status")
-    if not status:
+    error = result.error
+    if error is None or not error.http_status:
         return None
-    status = int(status)
-    return ApiError(status, str(error.get("message") or "the turn failed"),
+    status = error.http_status
+    return ApiError(status, error.message or "the turn failed",
                     type=_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-                    code=error.get("code"))
+                    code=error.code)
 
 
 def raise_failed_turn(result) -> None:
@@ -655,16 +654,16 @@ def _usage_chunk(cid: str, created: int, model: str) -> str:
 
 
 def _finish_reason(result) -> str:
-    return "content_filter" if getattr(result, "refused", None) else "stop"
+    return "content_filter" if result.refused is not None else "stop"
 
 
 def _result_extra(adapter: ChatAdapter, result, base: str, user: str) -> dict[str, Any]:
     """Atelier's own fields next to OpenAI's (clients that know them get refs and tool calls).
     Images get their URL instead of the server's file path."""
-    images = [{"ref": i["ref"], "width": i["width"], "height": i["height"], "url": adapter.file_url(i["ref"], base, user)}
+    images = [{"ref": i.ref, "width": i.width, "height": i.height, "url": adapter.file_url(i.ref, base, user)}
               for i in result.images]
-    return {"thread_id": result.thread_id, "images": images, "tool_calls": result.tool_calls,
-            "consent": result.consent, "refused": result.refused, "error": result.error}
+    dumped = result.model_dump(mode="json", include={"tool_calls", "consent", "refused", "error"})
+    return {"thread_id": result.thread_id, "images": images, **dumped}
 
 
 def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
@@ -820,15 +819,14 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
                         event = await events.__anext__()
                     except StopAsyncIteration:
                         break
-                kind, data = event.kind, event.data or {}
-                if kind == "tool_start":
-                    yield _chunk(cid, created, model, {"content": f"_{data.get('name', 'tool')}…_\n\n"})
-                elif kind == "progress":
-                    yield f": progress {data.get('step')}/{data.get('total')}\n\n"
-                elif kind == "status":
-                    yield f": status {json.dumps(data)[:200]}\n\n"
-                elif kind == "done":
-                    result = data.get("result")
+                if isinstance(event, ToolStartEvent):
+                    yield _chunk(cid, created, model, {"content": f"_{event.name or 'tool'}…_\n\n"})
+                elif isinstance(event, ProgressEvent):
+                    yield f": progress {event.step}/{event.total}\n\n"
+                elif isinstance(event, StatusEvent):
+                    yield f": status {json.dumps(event.model_dump(mode='json', exclude={'kind'}))[:200]}\n\n"
+                elif isinstance(event, DoneEvent):
+                    result = event.result
                     failed = failed_turn(result)
                     if failed is not None:  # the turn as a whole failed: an error, never an answer
                         yield f"data: {json.dumps(failed.body())}\n\n"
@@ -838,8 +836,7 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
                     yield _chunk(cid, created, model, {"content": adapter.render(result, base, session.user_id)})
                     yield _chunk(cid, created, model, {}, _finish_reason(result))
                     finished = True
-                elif kind == "error" and not finished:
-                    pass  # the `done` event that follows carries the error in its result
+                # an `error` event needs nothing here: the `done` event that follows carries it
             if not finished:
                 yield _chunk(cid, created, model, {}, "stop")
             if include_usage:

@@ -199,7 +199,7 @@ class AtelierMCP:
     async def _ask_consent(self, session, result, ctx: Context | None):
         """A face-changing edit of a real person waits for consent: ask through MCP elicitation
         and resume the turn with the answer. A client that cannot ask declines."""
-        question = result.consent.get("question") or "This edit changes a real person's face. Do you have their consent?"
+        question = result.consent.question or "This edit changes a real person's face. Do you have their consent?"
         approved, asked = False, False
         if ctx is not None:
             try:
@@ -217,25 +217,25 @@ class AtelierMCP:
         return resumed, None
 
     async def _render(self, result, ctx: Context | None, session=None):
-        if result.consent and session is not None:
+        if result.consent is not None and session is not None:
             result, failure = await self._ask_consent(session, result, ctx)
             if failure is not None:
                 return failure
-        if result.consent:
-            return _error(f"{result.consent.get('question') or 'This edit needs consent.'}")
-        if result.refused:
-            return _error(f"Refused ({result.refused.get('category', 'policy')}): {result.refused.get('reason', '')}")
-        if result.error:
-            return _error(str(result.error.get("message") or result.error))
+        if result.consent is not None:
+            return _error(result.consent.question or "This edit needs consent.")
+        if result.refused is not None:
+            return _error(f"Refused ({result.refused.category or 'policy'}): {result.refused.reason}")
+        if result.error is not None:
+            return _error(result.error.message or result.error.code)
         content: list[Any] = []
         for image in result.images:
-            data = await anyio.to_thread.run_sync(Path(image["path"]).read_bytes)
+            data = await anyio.to_thread.run_sync(Path(image.path).read_bytes)
             mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else (
                 "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/webp")
             content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mimeType=mime))
         summary = {
-            "images": [{"ref": i["ref"], "width": i["width"], "height": i["height"]} for i in result.images],
-            "result": result.tool_calls[-1].get("result") if result.tool_calls else None,
+            "images": [{"ref": i.ref, "width": i.width, "height": i.height} for i in result.images],
+            "result": result.tool_calls[-1].result.model_dump(mode="json") if result.tool_calls else None,
         }
         if result.answer:
             summary["answer"] = result.answer

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.planners.base import ChatModel, PlannerReply, ToolCall
 from agent.planners.gguf_assets import locate_gguf
@@ -59,6 +59,7 @@ TOOLS_POSTAMBLE = (
     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
 )
 STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
+PREFILL_CHUNK = 256  # tokens per llm.eval while preparing the system prefix (one progress line each)
 
 
 def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
@@ -143,9 +144,16 @@ def tool_signature(tool: dict[str, Any]) -> str:
 
 
 _REF_RE = __import__("re").compile(r"\bimg_[0-9a-f]{8,64}\b")
+_NUMBERED = __import__("re").compile(r"^#(\d+) ", __import__("re").M)
 
 
 def _grammar_prop(prop: dict[str, Any], refs: list[str]) -> dict[str, Any]:
+    if prop.get("x-image"):  # an image the planner names: one of the chat's ("#2", "original", ...)
+        return {"enum": refs}
+    if prop.get("x-images"):
+        return {"type": "array", "items": {"enum": refs}, "maxItems": 3}
+    if "enum" in prop:  # the choices the planner sees (e.g. shapes in words), over the type's own
+        return {"enum": prop["enum"]}
     options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
     if len(options) == 1:
         prop = options[0]
@@ -280,6 +288,25 @@ def repair_tool_names(reply: PlannerReply, tools: list[dict[str, Any]]) -> Plann
     return reply
 
 
+def default_system_message() -> dict[str, Any]:
+    """The system message a chat turn sends, from agent.prompting (the same builder the graph
+    and the planner eval use), so the prepared prefix follows any change of the prompt texts."""
+    from agent.prompting import build_messages
+
+    return build_messages(history=[], images=[], user_text="hi")[0]
+
+
+def prepare_prompt(settings, root: str | os.PathLike | None = None, *,
+                   on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Install-time step (`make model`): load the planner's GGUF the way a session does and save
+    the evaluated state of the system prefix (agent.prompting's system message + the tool list of
+    `agent.intents.plan_json_schemas`, what the turn sends), so the first chat turn restores it instead of computing it.
+    Returns `GGUFPlanner.prepare`'s dict; `state` is "restored" when it was already prepared."""
+    planner = GGUFPlanner(settings, root=None if root is None else str(root))
+    planner.on_status = on_status
+    return planner.prepare()
+
+
 class GGUFPlanner(ChatModel):
     """`ChatModel` over a local GGUF Qwen model (see the module docstring)."""
 
@@ -292,8 +319,19 @@ class GGUFPlanner(ChatModel):
         self._model_path = model_path
         self._root = root
         self._llm = None
-        self.last_timing: dict[str, float] = {}
+        self._prefix_path: Path | None = None
+        self.last_timing: dict[str, Any] = {}
         self._grammars: dict[tuple, str] = {}
+        # Where `_warm_prefix` reports the one-time preparation of the system prefix (a few lines:
+        # the estimate, then progress after each chunk); None: stderr. A caller that shows
+        # progress sets it before `chat`, e.g. a graph node:
+        #     planner.on_status = lambda text: _emit("status", text=text)
+        # (`chat` runs inside the node, so the stream writer is the node's). It is called with the
+        # planner's lock held: it must not call back into the planner.
+        self.on_status: Callable[[str], None] | None = None
+        # how the last call got its system prefix: "loaded" (already in the context), "restored"
+        # (from the saved state), "computed" (evaluated now, then saved), "uncached" (no cache dir)
+        self.prefix_state: str | None = None
 
     @property
     def llm(self):
@@ -313,8 +351,46 @@ class GGUFPlanner(ChatModel):
                 reply = self._chat_native(llm, messages, tools)
             else:
                 reply = self._chat_handler(llm, messages, tools)
-        self.last_timing = {"seconds": time.perf_counter() - t0}
+        self.last_timing = {"seconds": time.perf_counter() - t0, "prefix": self.prefix_state}
         return reply
+
+    @staticmethod
+    def system_prefix(system: dict[str, Any] | None, tools: list[dict[str, Any]]) -> str:
+        """The text of the system turn the planner sends (instructions + tool list), as
+        `render_qwen` renders it at the head of every prompt: the part `_warm_prefix` keeps.
+        `system`: the conversation's system message (None: Qwen's default)."""
+        head = render_qwen([system] if system else [], tools)
+        return head.rsplit("<|im_start|>assistant", 1)[0]
+
+    def _status(self, text: str) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(text)
+                return
+            except Exception:  # noqa: BLE001 - a broken progress display must not stop planning
+                pass
+        print(f"atelier: {text}", file=sys.stderr, flush=True)
+
+    def prepare(self, tools: list[dict[str, Any]] | None = None, system: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Make sure the saved state of the system prefix exists (computing it if not) and is
+        loaded; `system`/`tools` default to what a chat turn sends (see `default_system_message`,
+        `agent.intents.plan_json_schemas`: the tools the turn sends). Returns {"state", "tokens", "seconds", "path"}."""
+        if self.chat_format != "qwen":  # the chat handler renders its own prompt: nothing to keep
+            return {"state": "not used", "tokens": 0, "seconds": 0.0, "path": None}
+        if tools is None:
+            from agent.intents import plan_json_schemas
+
+            tools = plan_json_schemas()
+        if system is None:
+            system = default_system_message()
+        llm = self.llm
+        t0 = time.perf_counter()
+        with _LOCK:
+            head = self.system_prefix(system, tools)
+            tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
+            self._warm_prefix(llm, tokens, len(tokens))
+        return {"state": self.prefix_state, "tokens": len(tokens), "seconds": time.perf_counter() - t0,
+                "path": str(self._prefix_path) if self._prefix_path else None}
 
     def _prefix_cache_dir(self) -> Path | None:
         if os.environ.get("ATELIER_PROMPT_CACHE", "1") == "0":
@@ -327,16 +403,23 @@ class GGUFPlanner(ChatModel):
         """Restore (or compute once and save) llama.cpp's state for the fixed system prefix.
 
         The system turn (instructions, routing rules, tool list) is the same for every call; its
-        evaluated state is kept on disk so a new process (`atelier chat ...`) pays only for the
-        conversation tokens. In one process llama.cpp already reuses the common prefix of the
+        evaluated state is kept on disk (`<models dir>/prompt-cache/<key>.state`, written by
+        `make model` through `prepare_prompt`) so a new process (`atelier chat ...`) pays only for
+        the conversation tokens. In one process llama.cpp already reuses the common prefix of the
         previous call, so this only acts when the loaded context does not start with the prefix.
+        When the state has to be computed here, the prefix is evaluated in chunks of
+        `PREFILL_CHUNK` tokens and reported through `on_status` (or stderr): an estimate from the
+        rate of the first chunk, then the progress after each chunk.
         """
         prefix = tokens[:prefix_len]
+        self._prefix_path = None
         current = list(llm._input_ids[:prefix_len]) if llm.n_tokens >= prefix_len else []
         if current == prefix:
+            self.prefix_state = "loaded"
             return
         folder = self._prefix_cache_dir()
         if folder is None:
+            self.prefix_state = "uncached"
             return
         import llama_cpp
 
@@ -344,6 +427,7 @@ class GGUFPlanner(ChatModel):
             llama_cpp.__version__, str(self._path), os.path.getsize(self._path), llm.n_ctx(), prefix,
         ]).encode()).hexdigest()[:24]
         path = folder / f"{key}.state"
+        self._prefix_path = path
         n = len(prefix)
         if path.is_file():
             try:
@@ -355,13 +439,28 @@ class GGUFPlanner(ChatModel):
                     if llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(state)) == len(state):
                         llm.input_ids[:n] = prefix
                         llm.n_tokens = n
+                        self.prefix_state = "restored"
                         return
             except (OSError, ValueError):
                 pass
         t0 = time.perf_counter()
-        print(f"atelier: preparing the planner prompt ({n} tokens, once per machine) ...", file=sys.stderr, flush=True)
+        self._status(f"preparing the planner (first run on this machine): {n:,} tokens, measuring the speed ...")
         llm.reset()
-        llm.eval(prefix)
+        done = 0
+        while done < n:
+            chunk = prefix[done: done + PREFILL_CHUNK]
+            t_chunk = time.perf_counter()
+            llm.eval(chunk)
+            first = done == 0
+            done += len(chunk)
+            elapsed = time.perf_counter() - t0
+            if first and done < n:
+                rate = len(chunk) / max(time.perf_counter() - t_chunk, 1e-6)
+                self._status(f"preparing the planner (first run on this machine): ~{(n - done) / rate:.0f} s "
+                             f"for {n:,} tokens ({rate:.0f} tokens/s)")
+            elif done < n:
+                left = (n - done) * elapsed / done
+                self._status(f"preparing the planner: {100 * done // n}% ({done:,}/{n:,} tokens, ~{left:.0f} s left)")
         size = llama_cpp.llama_state_get_size(llm._ctx.ctx)
         buf = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_get_data(llm._ctx.ctx, buf, size)
@@ -374,16 +473,21 @@ class GGUFPlanner(ChatModel):
             os.replace(tmp, path)
         except OSError:
             pass  # a read-only data dir only costs speed
-        print(f"atelier: planner prompt ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        self.prefix_state = "computed"
+        self._status(f"planner ready ({n:,} tokens prepared in {time.perf_counter() - t0:.0f} s)")
 
     def _grammar(self, messages, tools):
         from llama_cpp import LlamaGrammar
 
         refs: list[str] = []
         for m in messages[1:]:
-            for ref in _REF_RE.findall(str(m.get("content") or "")):
+            text = str(m.get("content") or "")
+            # the images list names images by number (agent.prompting); refs where a client gave them
+            for ref in [*(f"#{n}" for n in _NUMBERED.findall(text)), *_REF_RE.findall(text)]:
                 if ref not in refs:
                     refs.append(ref)
+        if refs:
+            refs += ["original", "previous"]
         deciding = bool(messages) and messages[-1].get("role") == "user"
         key = (json.dumps(tools, sort_keys=True), tuple(refs), deciding)
         text = self._grammars.get(key)
@@ -396,7 +500,8 @@ class GGUFPlanner(ChatModel):
         prompt = render_qwen(messages, tools)
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         # the system turn alone (everything before the first user/assistant turn)
-        head = render_qwen(messages[:1], tools).rsplit("<|im_start|>assistant", 1)[0]
+        system = messages[0] if messages and messages[0].get("role") == "system" else None
+        head = self.system_prefix(system, tools)
         head_tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
         if 0 < len(head_tokens) < len(tokens) and tokens[: len(head_tokens)] == head_tokens:
             self._warm_prefix(llm, tokens, len(head_tokens))

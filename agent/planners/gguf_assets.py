@@ -13,7 +13,9 @@ Order, first hit wins:
 4. On a machine with hub access: `huggingface_hub.hf_hub_download(hub_repo, hub_file)`.
 
 `python -m agent.planners.gguf_assets` (or `make model`) assembles the file ahead of time and
-prints its path.
+prints its path; with `--prepare` (what `make model` passes) it also saves the evaluated state of
+the planner's system prompt (`agent.planners.gguf.prepare_prompt`), so a first chat turn only
+restores it.
 """
 
 from __future__ import annotations
@@ -252,9 +254,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="Assemble the offline planner's GGUF file once and print its path.")
     p.add_argument("--profile", default="offline")
+    p.add_argument("--prepare", action="store_true",
+                   help="also evaluate and save the planner's system prompt state (what `make model` does), "
+                        "so the first chat turn does not pay for it")
     args = p.parse_args(argv)
+    settings = load_profile(args.profile).planner
     try:
-        path = locate_gguf(load_profile(args.profile).planner)
+        path = locate_gguf(settings)
+        if args.prepare and settings.kind == "gguf":
+            from agent.planners.gguf import prepare_prompt
+
+            info = prepare_prompt(settings, on_status=lambda text: _stderr(f"atelier: {text}"))
+            _stderr(f"atelier: planner prompt state {info['state']} ({info['tokens']:,} tokens, "
+                    f"{info['seconds']:.1f} s){': ' + info['path'] if info['path'] else ''}")
     except ModelUnavailableError as err:
         print(f"atelier: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,8 @@ def demo_script(messages: list[dict[str, Any]]) -> PlannerReply:
     if last.get("role") == "tool":
         return PlannerReply(text=f"Done. {last.get('content', '')}".strip())
     text = str(last.get("content") or "").strip()
+    if "Message: " in text:  # the planner's user block: the user's own words
+        text = text.split("Message: ", 1)[1].split("\n\n", 1)[0].strip()
     if not text:
         return PlannerReply(text="Tell me what to draw.")
     return PlannerReply(tool_calls=[ToolCall("generate_image", {"prompt": text[:2000]})])

@@ -177,3 +177,57 @@ def test_real_gguf_plans_a_phone_wallpaper():
     assert call.name == "generate_image"
     assert call.args.get("aspect_ratio") == "9:16"
     assert "lighthouse" in call.args.get("prompt", "").lower()
+
+
+def test_system_prefix_is_the_head_of_every_rendered_turn():
+    from agent.planners.gguf import GGUFPlanner, default_system_message
+
+    tools = tool_json_schemas()
+    head = GGUFPlanner.system_prefix(default_system_message(), tools)
+    assert head.startswith("<|im_start|>system\n") and head.endswith("<|im_end|>\n") and "<tools>" in head
+    for msgs in (build_messages(history=[], images=[], user_text="hi"),
+                 build_messages(history=[{"role": "user", "content": "x"}], images=[{"ref": "img_0123abcd"}],
+                                user_text="other")):
+        assert render_qwen(msgs, tools).startswith(head)
+        assert msgs[0] == default_system_message()
+
+
+def _real_settings(**kw):
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (extra offline-llm)")
+    settings = load_profile("offline").planner
+    path = gguf_assets.find_gguf(settings)
+    if path is None:
+        pytest.skip("planner GGUF not assembled (run `make model` or python -m agent.planners.gguf_assets)")
+    return settings.model_copy(update={"model_path": str(path), **kw})
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatch):
+    from agent.planners import gguf
+
+    # a short system text keeps this fast; prepare_prompt and the chat turn both read it from
+    # agent.prompting, so they must agree on the prefix
+    monkeypatch.setattr("agent.prompting.system_prompt", lambda examples=True: "You are a planner. Use the tools.")
+    settings = _real_settings(n_ctx=2048, max_tokens=4)
+    seen = []
+    info = gguf.prepare_prompt(settings, tmp_path, on_status=seen.append)
+    assert info["state"] == "computed" and info["tokens"] > 100
+    states = list((tmp_path / "models" / "prompt-cache").glob("*.state"))
+    assert [str(p) for p in states] == [info["path"]] and states[0].stat().st_size > 4 * info["tokens"]
+    assert seen and seen[0].startswith("preparing the planner (first run on this machine)")
+    assert any("~" in line and f"{info['tokens']:,} tokens" in line for line in seen), seen
+    # a new process: the model loaded afresh, its context empty
+    with gguf._LOCK:
+        for key in [k for k in gguf._MODELS if k[0] == settings.model_path and k[1] == settings.n_ctx]:
+            gguf._MODELS.pop(key).close()
+    planner = gguf.GGUFPlanner(settings, root=str(tmp_path))
+    calls = []
+    planner.on_status = calls.append
+    planner.chat(build_messages(history=[], images=[], user_text="hi"), tool_json_schemas())
+    assert planner.prefix_state == "restored" and planner.last_timing["prefix"] == "restored"
+    assert calls == []
+    assert list((tmp_path / "models" / "prompt-cache").glob("*.state")) == states

@@ -1,6 +1,6 @@
 """The planner's messages: system prompt from data files, image list, current marker, history."""
 
-from agent.prompting import build_messages, history_shortcuts, image_lines, load_prompt
+from agent.prompting import build_messages, image_lines, load_prompt
 from tools.store import ImageVersion
 
 IMAGES = [
@@ -25,9 +25,17 @@ def test_refs_listed_with_origin_parent_and_current_marked():
     assert "Message: try black leather" in last["content"]
     assert last["content"].endswith(load_prompt("reminder.md"))
     lines = [l for l in last["content"].splitlines() if l.startswith("#")]
-    assert lines[0].startswith("#1 img_aaaa0001 (uploaded original)") and "red jacket" in lines[0]
+    # images by number, never by ref: the resolver turns a number into the ref
+    assert lines[0].startswith("#1 uploaded photo:") and "red jacket" in lines[0]
     assert "(current)" not in lines[0]
-    assert lines[1].startswith("#2 img_aaaa0002 (edited from img_aaaa0001)") and lines[1].endswith("(current)")
+    assert lines[1].startswith("#2 edited from #1:") and lines[1].endswith("(current)")
+    assert "img_" not in last["content"]
+
+
+def test_photos_sent_with_the_message_are_marked():
+    msgs = build_messages(history=[], images=IMAGES, user_text="relight this", attached=["img_aaaa0002"])
+    line = [l for l in msgs[-1]["content"].splitlines() if l.startswith("#2")][0]
+    assert "sent with this message" in line
 
 
 def test_explicit_current_and_store_versions_described_from_tool_call():
@@ -39,9 +47,9 @@ def test_explicit_current_and_store_versions_described_from_tool_call():
                      tool_call={"name": "generate_image", "args": {"prompt": "a lighthouse at dusk"}}),
     ]
     lines = image_lines(versions, current="img_bbbb0001")
-    assert lines[0] == "#1 img_bbbb0001 (uploaded original): file me.jpg (current)"
-    assert lines[1] == "#2 img_bbbb0002 (relit from img_bbbb0001): candlelight"
-    assert lines[2] == "#3 img_bbbb0003 (generated): a lighthouse at dusk"
+    assert lines[0] == "#1 uploaded photo: file me.jpg (current)"
+    assert lines[1] == "#2 relit from #1: candlelight"
+    assert lines[2] == "#3 generated: a lighthouse at dusk"
 
 
 def test_no_images_is_said():
@@ -65,9 +73,9 @@ def test_earlier_turns_become_a_transcript_in_order():
     transcript = content.split("Conversation so far:\n")[1].split("\n\nMessage:")[0].splitlines()
     assert transcript == [
         "User: make her jacket green",
-        'Assistant called edit_image {"image": "img_aaaa0001", "instruction": "green jacket"}',
-        "Tool result: new image(s): img_aaaa0002",
-        "Assistant: Done: img_aaaa0002",
+        'Assistant called edit_image {"image": "#1", "instruction": "green jacket"}',
+        "Tool result: new image(s): #2",
+        "Assistant: Done: #2",
     ]
     assert content.index("Images in this chat") < content.index("Conversation so far") < content.index("Message: now black")
     assert "old system" not in str(msgs)
@@ -87,28 +95,10 @@ def test_earlier_done_text_is_shown_as_the_call_that_made_the_image():
     transcript = content.split("Conversation so far:\n")[1].split("\n\nMessage:")[0].splitlines()
     assert transcript == [
         "User: warm light please",
-        "Assistant called relight_image on img_cccc0001 -> img_cccc0002",
+        "Assistant called relight_image on #1 -> #2",
         "Assistant: Anything else?",
     ]
-    # undo and the original are read off the version tree and shown with the images
-    assert "Undo goes back to img_cccc0001; the original is img_cccc0001." in content
     assert "Done" not in transcript[1]
-
-
-def test_each_kind_of_earlier_step_names_the_version_it_started_from():
-    images = [
-        {"ref": "img_dddd0001", "origin": "upload", "desc": "a man on a balcony"},
-        {"ref": "img_dddd0002", "origin": "edit_image", "parent": "img_dddd0001", "desc": "night skyline"},
-        {"ref": "img_dddd0003", "origin": "relight_image", "parent": "img_dddd0002", "desc": "neon light"},
-        {"ref": "img_dddd0009", "origin": "upload", "desc": "another photo"},  # not on the current line
-        {"ref": "img_dddd0004", "origin": "edit_image", "parent": "img_dddd0003", "desc": "add a hat"},
-    ]
-    shortcuts = history_shortcuts(images, current="img_dddd0004")
-    assert shortcuts == ("Undo goes back to img_dddd0003; the original is img_dddd0001. "
-                         "Before the edit: img_dddd0003; before the relighting: img_dddd0002.")  # latest edit wins
-    # one step from the original: undo says it all
-    assert history_shortcuts(images[:2]) == "Undo goes back to img_dddd0001; the original is img_dddd0001."
-    assert history_shortcuts(images[:1]) == ""
 
 
 def test_history_as_messages_kept_in_order_and_normalized():
@@ -119,7 +109,7 @@ def test_history_as_messages_kept_in_order_and_normalized():
     assert call["function"]["name"] == "edit_image"
     assert '"instruction": "green jacket"' in call["function"]["arguments"]
     assert msgs[3]["tool_call_id"] == "c1"
-    assert "Message: now black" in msgs[-1]["content"] and "img_aaaa0002" in msgs[-1]["content"]
+    assert "Message: now black" in msgs[-1]["content"] and "#2 edited from #1" in msgs[-1]["content"]
 
 
 def test_after_tool_results_the_current_turn_stays_as_messages():

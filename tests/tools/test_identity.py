@@ -131,10 +131,12 @@ def test_edit_that_loses_the_face_says_so_through_run_tool(face_photos, tmp_path
     assert len(out.result.faces) == 1 and out.result.faces[0].distance is None
     assert "face 1 (the person in the photo) is lost" in out.result.note
     assert out.staged[0].metadata["attempts"] == profile.identity.max_attempts
-    # preserve_identity=false: no gate, one attempt
+    # preserve_identity=false: the faces are still measured and reported, but not retried
     free = run_tool(ctx, "edit_image", {"image": ref, "instruction": "turn him into a cartoon fox",
                                         "preserve_identity": False})
-    assert free.result.attempts == 1 and free.result.faces == []
+    assert free.result.attempts == 1 and free.staged[0].metadata["attempts"] == 1
+    assert len(free.result.faces) == 1 and free.result.faces[0].distance is None
+    assert "face 1 (the person in the photo) is lost" in free.result.note and "attempts" not in free.result.note
 
 
 # -- tracking faces: layouts, re-detection, bounded CNN, one numbering (issue 14) -----------------
@@ -223,6 +225,7 @@ def test_people_are_numbered_and_described_the_same_everywhere(analyzer, group, 
     from tools.identity import describe_faces
     from tools.safety import consent_question, person_keys, person_labels
     from tools.store import ImageStore
+    from tools.schemas import ToolResult
     from ui.chat_app import render
 
     assert describe_faces([(0, 0, 10, 10)], 100) == ["the person in the photo"]
@@ -238,7 +241,7 @@ def test_people_are_numbered_and_described_the_same_everywhere(analyzer, group, 
     assert [c.face for c in checks if not c.same_person] == [1]  # the source index, 0-based
     note = describe_checks(checks)
     assert note.startswith("face 2 (the 2nd person from the left, distance ") and "different person" in note
-    shown = render.result_checks({"faces": [c.model_dump() for c in checks]})
+    shown = render.result_checks(ToolResult(tool="edit_image", faces=checks))
     assert any(line.startswith("face 2 (the 2nd person from the left): identity distance") and "DRIFTED" in line
                for line in shown), shown
     store = ImageStore(tmp_path)

@@ -33,11 +33,11 @@ def demo_gallery(tmp_path_factory, face_photos, analyzer):
 def test_gallery_refuses_a_photo_with_the_public_figure(demo_gallery, face_photos, analyzer, paste_face):
     screener = ImageScreener(SafetySettings(gallery_dir=str(demo_gallery), nsfw_backend="none"), analyzer)
     group = Image.open(face_photos["group"]).convert("RGB")
-    assert screener.screen(group, stage="upload").decision == "allow"
+    assert screener.screen(group).decision == "allow"
     portrait = Image.open(face_photos["portrait"]).convert("RGB").resize((224, 224), Image.LANCZOS)
     target = analyzer.faces(group)[2]
     composite = paste_face(group, target.box, portrait, analyzer.faces(portrait)[0].box)
-    d = screener.screen(composite, stage="result")
+    d = screener.screen(composite)
     assert (d.decision, d.category, d.matched) == ("refuse", "public_figure", "Tom Hanks")
 
 
@@ -66,5 +66,5 @@ def test_nudenet_runs_on_a_harmless_image_when_installed(face_photos):
     screener = ImageScreener(SafetySettings(nsfw_backend="nudenet"), analyzer=False)
     assert screener.nsfw_available
     group = Image.open(face_photos["group"]).convert("RGB")
-    d = screener.screen(group, stage="upload")
+    d = screener.screen(group)
     assert d.decision == "allow", d

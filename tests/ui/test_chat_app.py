@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from agent.config import load_profile
+from agent.turn import Refusal, TurnError
+from tools.schemas import ToolResult
 from ui.chat_app import auth_secret, prepare_environment, render, ui_root
 from ui.chat_app.data_layer import (
     FILES_ROUTE,
@@ -204,33 +206,33 @@ def test_banner_names_the_profile_and_warns_about_random_weights():
 
 
 def test_tool_output_shows_refs_size_and_every_check():
-    result = {
+    result = ToolResult(**{
         "tool": "edit_image", "ok": True, "images": ["img_0123456789ab"], "size": (64, 48), "seeds": [7],
         "faces": [{"face": 0, "distance": 0.31, "same_person": True},
                   {"face": 1, "distance": 0.72, "same_person": False},
                   {"face": 2, "distance": None, "same_person": False}],
-        "attempts": 2, "watermark_ids": ["wm_42"], "safety": {"result": "allow"},
+        "attempts": 2, "watermark_ids": ["wm_42"],
         "drift": {"global_shift_px": 1.5, "shift_x_px": 1.2, "shift_y_px": 0.9, "outside_change": 0.0123},
         "note": "face 1 still drifts",
-    }
+    })
     out = render.tool_output(result, denoising_steps=5)
     assert "`img_0123456789ab`" in out and "64x48" in out and "**Seed:** 7" in out and "**Steps:** 5" in out
     assert "face 1: identity distance 0.310 (same person)" in out
     assert "face 2: identity distance 0.720 (DRIFTED)" in out
     assert "face 3: lost" in out
-    assert "attempts: 2" in out and "watermark id: wm_42" in out and "safety (result): allow" in out
+    assert "attempts: 2" in out and "watermark id: wm_42" in out
     assert "face 1 still drifts" in out
     assert "drift: global shift 1.5 px, change outside the edit 0.0123" in out
     assert "shift_x" not in out and "shift x" not in out
-    assert "safety: allowed" not in out  # the agent's own safety record is shown instead
-    plain = render.tool_output({"tool": "generate_image", "images": ["img_0123456789ab"], "watermark_ids": ["w1"]})
+    assert "safety: allowed (request, tool call and result screened)" in out
+    plain = render.tool_output(ToolResult(tool="generate_image", images=["img_0123456789ab"], watermark_ids=["w1"]))
     assert "safety: allowed (request, tool call and result screened)" in plain
 
 
 def test_tool_output_of_a_failure_and_of_a_revert():
-    assert render.tool_output({"tool": "relight_image", "ok": False, "error": "no image img_ff in the store"}) \
+    assert render.tool_output(ToolResult(tool="relight_image", ok=False, error="no image img_ff in the store")) \
         == "**Failed:** no image img_ff in the store"
-    revert = render.tool_output({"tool": "revert", "images": [], "current": "img_aaaaaaaaaaaa"})
+    revert = render.tool_output(ToolResult(tool="revert", images=[], current="img_aaaaaaaaaaaa"))
     assert "**Current:** `img_aaaaaaaaaaaa`" in revert
 
 
@@ -278,23 +280,23 @@ def test_versions_summary_marks_current_and_parents():
 
 
 def test_closing_text_explains_refusals_errors_and_stops():
-    refusal = {"category": "jailbreak", "reason": "I can't switch off my safety rules."}
+    refusal = Refusal(category="jailbreak", reason="I can't switch off my safety rules.")
     assert render.closing_text("", refusal, None, False) == "I can't do that: I can't switch off my safety rules."
     assert render.closing_text("I can't help with that.", refusal, None, False) == "I can't help with that."
-    oom = {"code": "engine_error", "message": "out of memory for 4096x4096; try a smaller size\nTraceback ..."}
+    oom = TurnError(code="engine_error", message="out of memory for 4096x4096; try a smaller size\nTraceback ...")
     text = render.closing_text("", None, oom, False)
     assert text == "That did not work: out of memory for 4096x4096; try a smaller size"
-    assert render.closing_text("", None, {"code": "cancelled", "message": "stopped"}, False).startswith("Stopped.")
+    assert render.closing_text("", None, TurnError(code="cancelled", message="stopped"), False).startswith("Stopped.")
     assert render.closing_text("", None, None, True) == "Here it is."
-    both = render.closing_text("Made one of two.", None, {"code": "engine_error", "message": "boom"}, True)
+    both = render.closing_text("Made one of two.", None, TurnError(code="engine_error", message="boom"), True)
     assert both == "Made one of two.\n\nThat did not work: boom"
 
 
 def test_closing_text_of_a_declined_consent_and_of_an_error_the_answer_already_gives():
-    declined = {"code": "consent_declined", "message": "the user did not confirm consent; it was not run"}
+    declined = TurnError(code="consent_declined", message="the user did not confirm consent; it was not run")
     text = render.closing_text("edit_image failed: the user did not confirm consent; it was not run", None,
                                declined, False)
     assert text.startswith("OK, I left their faces as they are") and "failed" not in text
-    error = {"code": "engine_error", "message": "no image img_ff in the store"}
+    error = TurnError(code="engine_error", message="no image img_ff in the store")
     assert render.closing_text("relight failed: no image img_ff in the store", None, error, False) \
         == "relight failed: no image img_ff in the store"

@@ -315,7 +315,9 @@ class _WaitingSession:
     def __init__(self, thread_id, ref):
         self.thread_id, self.ref, self.resumed, self.sent = thread_id, ref, [], []
         self.user_id = "local"
-        self.pending_consent = {"question": "Do you have their consent?", "people": ["person_1"]}
+        from agent.turn import ConsentQuestion
+
+        self.pending_consent = ConsentQuestion(question="Do you have their consent?", people=["person_1"])
 
     def _result(self, answer, images=()):
         from agent.session import TurnResult

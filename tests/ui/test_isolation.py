@@ -194,7 +194,7 @@ def test_manifest_includes_the_prompt_when_the_profile_says_so(tmp_path):
     atelier = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path)},
                                                     "provenance": {"include_prompt": True}}))
     result = atelier.session("p").send("/generate a lighthouse at dusk")
-    text = json.dumps(_manifest_store(atelier.images_for("local").read_bytes(result.images[0]["ref"])))
+    text = json.dumps(_manifest_store(atelier.images_for("local").read_bytes(result.images[0].ref)))
     assert "lighthouse" in text and "img_" not in text
 
 

@@ -52,7 +52,3 @@ def read(image: Image.Image) -> list[int]:
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     return [int(b) for b in decoder.decode(bgr, "rivaGan")]
 
-
-def agreement(image: Image.Image, wm_id: str) -> int:
-    """How many of the 32 RivaGAN bits agree with the id's first 32 bits."""
-    return sum(int(a == b) for a, b in zip(read(image), id_bits(wm_id)))

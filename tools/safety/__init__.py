@@ -3,7 +3,7 @@
     screener = PromptScreener(settings)           # settings: tools.settings.SafetySettings
     screener.screen("a text")                      # Decision(decision, category, reason, matched)
     screen_tool_call(screener, name, args, store=store, consented=[...])
-    ImageScreener(settings, analyzer).screen(image, stage="result")
+    ImageScreener(settings, analyzer).screen(image)
     AuditLog(url).record("request", user_id=..., thread_id=..., text=...)
     RateLimiter("30/minute;500/day").hit(user_id)  # raises RateLimitedError(retry_after=...)
 

@@ -130,7 +130,7 @@ class ImageScreener:
         return hits
 
     # -- decision --------------------------------------------------------------------------------
-    def screen(self, image: Image.Image, *, stage: Literal["upload", "result"] = "result") -> Decision:
+    def screen(self, image: Image.Image) -> Decision:
         nsfw = self.nsfw_detections(image)
         if nsfw:
             labels = sorted({d["class"] for d in nsfw})

@@ -27,6 +27,9 @@ from chainlit.server import app as fastapi_app
 from chainlit.utils import utc_now
 
 from agent.config import load_profile
+from agent.turn import (AnswerEvent, ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, ImageEvent, OutputImage,
+                        ProgressEvent, Refusal, RefusalEvent, StatusEvent, ToolEndEvent, ToolStartEvent, TurnError,
+                        TurnEvent, TurnResult)
 from tools.errors import AtelierError, RateLimitedError
 from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
 from ui.chat_app import render
@@ -236,11 +239,11 @@ class TurnView:
         self._progress_at: dict[str, float] = {}  # call id -> when its step last showed progress
         self._denoising_total: dict[str, int] = {}  # call id -> denoising steps of its run
         self.status: dict[str, Any] | None = None  # the transient "planning…" line (a step dict)
-        self.images: list[dict[str, Any]] = []
+        self.images: list[OutputImage] = []
         self.answer: str = ""
-        self.consent: dict[str, Any] | None = None
-        self.refusal: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
+        self.consent: ConsentQuestion | None = None
+        self.refusal: Refusal | None = None
+        self.error: TurnError | None = None
         self.current: str | None = None
 
     async def show_status(self, text: str | None) -> None:
@@ -260,73 +263,69 @@ class TurnView:
             status, self.status = self.status, None
             await emitter.delete_step(status)
 
-    async def handle(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "status":
+    async def handle(self, event: TurnEvent) -> None:
+        if isinstance(event, StatusEvent):
             if not self.steps or all(step.end is not None for step in self.steps.values()):
-                await self.show_status(str(data.get("text") or "").rstrip(".…"))
+                await self.show_status(event.text.rstrip(".…"))
             return
-        if kind in ("tool_start", "consent", "answer", "refusal", "error", "done"):
+        if isinstance(event, (ToolStartEvent, ConsentEvent, AnswerEvent, RefusalEvent, ErrorEvent, DoneEvent)):
             await self.show_status(None)
-        if kind == "tool_start":
-            step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json",
-                           parent_id=self.parent_id)
-            step.input = render.tool_input(data.get("args") or {})
+        if isinstance(event, ToolStartEvent):
+            step = cl.Step(name=event.name or "tool", type="tool", show_input="json", parent_id=self.parent_id)
+            step.input = render.tool_input(event.args)
             step.output = "starting..."
             step.start = utc_now()  # start without end: the UI shows it as running
             await step.send()
-            self.steps[data.get("call_id") or str(len(self.steps))] = step
-        elif kind == "progress":
-            step = self.steps.get(data.get("call_id"))
-            self._denoising_total[data.get("call_id")] = int(data.get("total") or 0)
+            self.steps[event.call_id or str(len(self.steps))] = step
+        elif isinstance(event, ProgressEvent):
+            step = self.steps.get(event.call_id)
+            self._denoising_total[event.call_id] = event.total
             now = time.monotonic()
-            last = self._progress_at.get(data.get("call_id"), 0.0)
-            final = data.get("step", 0) >= data.get("total", 1)
+            last = self._progress_at.get(event.call_id, 0.0)
+            final = event.step >= event.total
             if step is not None and (final or now - last >= PROGRESS_INTERVAL_S):
-                self._progress_at[data.get("call_id")] = now
-                step.output = render.progress_line(data.get("step", 0), data.get("total", 1))
+                self._progress_at[event.call_id] = now
+                step.output = render.progress_line(event.step, event.total)
                 await step.update()
-        elif kind == "tool_end":
-            step = self.steps.get(data.get("call_id"))
+        elif isinstance(event, ToolEndEvent):
+            step = self.steps.get(event.call_id)
             if step is None:
-                step = cl.Step(name=data.get("name") or "tool", type="tool", show_input="json",
-                               parent_id=self.parent_id)
-                step.input = render.tool_input(data.get("args") or {})
+                step = cl.Step(name=event.name or "tool", type="tool", show_input="json", parent_id=self.parent_id)
+                step.input = render.tool_input(event.args)
                 await step.send()
-            step.output = render.tool_output(data.get("result"), self._denoising_total.get(data.get("call_id")))
+            step.output = render.tool_output(event.result, self._denoising_total.get(event.call_id))
             step.end = utc_now()
-            result = data.get("result") or {}
-            if isinstance(result, dict) and (result.get("ok") is False or result.get("error")):
+            if not event.result.ok or event.result.error:
                 step.is_error = True
             await step.update()
-        elif kind == "image":
-            self.images.append(data)
-            self.current = data.get("ref") or self.current
-        elif kind == "consent":
-            self.consent = data
+        elif isinstance(event, ImageEvent):
+            self.images.append(OutputImage(ref=event.ref, path=event.path, width=event.width, height=event.height))
+            self.current = event.ref or self.current
+        elif isinstance(event, ConsentEvent):
+            self.consent = ConsentQuestion(question=event.question, people=event.people, call=event.call)
             for step in self.steps.values():
                 if step.end is None:
                     step.output = "waiting for your answer to the consent question"
                     await step.update()
-        elif kind == "refusal":
-            self.refusal = data
-        elif kind == "answer":
-            self.answer = data.get("text") or ""
-        elif kind == "error":
-            self.error = data
-        elif kind == "done" and data.get("result") is not None:
-            self.absorb_result(data["result"])
+        elif isinstance(event, RefusalEvent):
+            self.refusal = Refusal(category=event.category, reason=event.reason)
+        elif isinstance(event, AnswerEvent):
+            self.answer = event.text
+        elif isinstance(event, ErrorEvent):
+            self.error = TurnError(code=event.code, message=event.message, http_status=event.http_status)
+        elif isinstance(event, DoneEvent):
+            self.absorb_result(event.result)
 
-    def absorb_result(self, result: Any) -> None:
+    def absorb_result(self, result: TurnResult) -> None:
         """Fill in from the TurnResult of the `done` event: the source of truth for the turn."""
-        r = result.model_dump() if hasattr(result, "model_dump") else dict(result or {})
-        self.answer = r.get("answer") or self.answer
-        for image in r.get("images") or []:
-            if all(image.get("ref") != seen.get("ref") for seen in self.images):
+        self.answer = result.answer or self.answer
+        for image in result.images:
+            if all(image.ref != seen.ref for seen in self.images):
                 self.images.append(image)
-                self.current = image.get("ref")
-        self.consent = r.get("consent")
-        self.refusal = r.get("refused") or self.refusal
-        self.error = r.get("error") or self.error
+                self.current = image.ref
+        self.consent = result.consent
+        self.refusal = result.refused or self.refusal
+        self.error = result.error or self.error
 
     async def close_open_steps(self, note: str) -> None:
         """Steps that never got their tool_end (stopped, failed, disconnected) say so and end."""
@@ -344,17 +343,17 @@ class TurnView:
     async def finish(self) -> None:
         """The closing message: the text with the turn's images inline and the version actions."""
         elements = [
-            cl.Image(path=img["path"], name=img.get("ref") or Path(img["path"]).stem, display="inline", size="large")
+            cl.Image(path=img.path, name=img.ref or Path(img.path).stem, display="inline", size="large")
             for img in self.images
-            if img.get("path") and Path(img["path"]).is_file()
+            if img.path and Path(img.path).is_file()
         ]
         await cl.Message(content=self.closing_text(bool(elements)), elements=elements, author="Atelier",
                          actions=_version_actions(self.current) if elements else []).send()
 
 
-async def _ask_consent(consent: dict[str, Any]) -> bool | None:
-    people = consent.get("people") or []
-    question = consent.get("question") or "This edit changes the face of a real person. Do you have their consent?"
+async def _ask_consent(consent: ConsentQuestion) -> bool | None:
+    people = consent.people
+    question = consent.question or "This edit changes the face of a real person. Do you have their consent?"
     if people:
         question += "\n\nPeople: " + ", ".join(f"`{p}`" for p in people)
     answer = await cl.AskActionMessage(
@@ -375,7 +374,7 @@ async def _run_turn(session, text: str, images: list[str]) -> None:
     view = TurnView()
     try:
         async for event in session.astream(text, images=images):
-            await view.handle(event.kind, dict(event.data or {}))
+            await view.handle(event)
         await _answer_consent_and_finish(session, view)
     except asyncio.CancelledError:
         await view.close_open_steps("stopped")
@@ -386,7 +385,7 @@ async def _answer_consent_and_finish(session, view: TurnView) -> None:
     """Ask the pending consent question(s) with buttons, resume the turn, show its result."""
     thread_id = _thread_id()
     try:
-        while view.consent:
+        while view.consent is not None:
             _ASKING[thread_id] = asyncio.current_task()
             try:
                 approved = await _ask_consent(view.consent)
@@ -404,7 +403,7 @@ async def _answer_consent_and_finish(session, view: TurnView) -> None:
                 return
             view.consent = None
             async for event in session.astream_resume(approved):
-                await view.handle(event.kind, dict(event.data or {}))
+                await view.handle(event)
         await view.close_open_steps("not run")
         await view.finish()
     except asyncio.CancelledError:
@@ -424,7 +423,7 @@ async def _ask_pending_consent(thread_id: str) -> None:
         return
     session = current_session()
     pending = await asyncio.to_thread(lambda: session.pending_consent)
-    if not pending:
+    if pending is None:
         return
     _RUNNING[thread_id] = asyncio.current_task()
     view = TurnView()
@@ -539,9 +538,8 @@ async def on_versions(action: cl.Action):
 async def _revert_to(ref: str, template: str) -> None:
     session = current_session()
     result = await asyncio.to_thread(session.call_tool, "revert", {"image": ref})
-    r = result.model_dump() if hasattr(result, "model_dump") else dict(result)
-    if r.get("error"):
-        await cl.Message(content=TEXTS["error"].format(message=r["error"].get("message")), author="Atelier").send()
+    if result.error is not None:
+        await cl.Message(content=TEXTS["error"].format(message=result.error.message), author="Atelier").send()
         return
     path = await asyncio.to_thread(session.image_path, ref)
     await cl.Message(content=template.format(ref=ref), author="Atelier",

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from agent.turn import Refusal, TurnError
+    from tools.schemas import ToolResult
 
 ACCEPTED_MIME = ("image/png", "image/jpeg", "image/webp")
 
@@ -52,37 +56,31 @@ DRIFT_FIGURES = (("global_shift_px", "global shift", " px"), ("outside_change", 
                  ("mean_change", "mean change", ""))
 
 
-def result_checks(result: Any) -> list[str]:
+def result_checks(result: ToolResult) -> list[str]:
     """The checks a result passed, one short line each: identity per face, watermark, safety."""
-    r = _as_dict(result)
     lines: list[str] = []
-    faces = [_as_dict(face) for face in r.get("faces") or []]
-    boxes = [face.get("box") for face in faces]
+    faces = result.faces
+    boxes = [face.box for face in faces]
     if faces and all(boxes):  # named as the note names them: 1-based, left to right, with where
         from tools.identity import describe_faces
 
-        names = [f"face {int(f.get('face', k)) + 1} ({where})"
-                 for k, (f, where) in enumerate(zip(faces, describe_faces([tuple(b) for b in boxes])))]
+        names = [f"face {f.face + 1} ({where})" for f, where in zip(faces, describe_faces([tuple(b) for b in boxes]))]
     else:
-        names = [f"face {int(f.get('face', k)) + 1}" for k, f in enumerate(faces)]
+        names = [f"face {f.face + 1}" for f in faces]
     for face, name in zip(faces, names):
-        distance = face.get("distance")
-        if distance is None:
+        if face.distance is None:
             lines.append(f"{name}: lost (no matching face in the result)")
         else:
-            verdict = "same person" if face.get("same_person") else "DRIFTED"
-            lines.append(f"{name}: identity distance {distance:.3f} ({verdict})")
-    if r.get("attempts", 1) and int(r.get("attempts", 1)) > 1:
-        lines.append(f"attempts: {r['attempts']}")
-    for wid in r.get("watermark_ids") or []:
+            verdict = "same person" if face.same_person else "DRIFTED"
+            lines.append(f"{name}: identity distance {face.distance:.3f} ({verdict})")
+    if result.attempts > 1:
+        lines.append(f"attempts: {result.attempts}")
+    for wid in result.watermark_ids:
         lines.append(f"watermark id: {wid}")
-    safety = r.get("safety") or {}
-    for stage, decision in safety.items():
-        lines.append(f"safety ({stage}): {decision}")
-    if not safety and r.get("images") and r.get("ok", True) and r.get("tool") != "revert":
+    if result.images and result.ok and result.tool != "revert":
         # the turn only shows a result that passed the request, call and result screens
         lines.append("safety: allowed (request, tool call and result screened)")
-    drift = r.get("drift") or {}
+    drift = result.drift
     drift_parts = [f"{label} {drift[key]:.3g}{unit}" for key, label, unit in DRIFT_FIGURES
                    if isinstance(drift.get(key), (int, float))]
     if drift_parts:
@@ -90,51 +88,49 @@ def result_checks(result: Any) -> list[str]:
     return lines
 
 
-def tool_output(result: Any, denoising_steps: int | None = None) -> str:
-    """A finished tool step's output: the refs it made, size, seeds, the denoising steps it ran
-    (from its progress events), then the checks."""
-    r = _as_dict(result)
-    if not r:
+def tool_output(result: ToolResult | None, denoising_steps: int | None = None) -> str:
+    """A finished tool step's output (a `ToolEndEvent`'s or `CallRecord`'s result): the refs it
+    made, size, seeds, the denoising steps it ran (from its progress events), then the checks."""
+    if result is None:
         return "done"
-    if r.get("ok") is False or r.get("error"):
-        return f"**Failed:** {r.get('error') or 'the tool did not finish'}"
+    if not result.ok or result.error:
+        return f"**Failed:** {result.error or 'the tool did not finish'}"
     facts: list[str] = []
-    images = r.get("images") or []
-    if images:
-        facts.append("**Result:** " + ", ".join(f"`{ref}`" for ref in images))
-    if r.get("current") and r.get("current") not in images:
-        facts.append(f"**Current:** `{r['current']}`")
-    if r.get("size"):
-        w, h = r["size"]
+    if result.images:
+        facts.append("**Result:** " + ", ".join(f"`{ref}`" for ref in result.images))
+    if result.current and result.current not in result.images:
+        facts.append(f"**Current:** `{result.current}`")
+    if result.size:
+        w, h = result.size
         facts.append(f"**Size:** {w}x{h}")
-    if r.get("seeds"):
-        facts.append("**Seed:** " + ", ".join(str(s) for s in r["seeds"]))
+    if result.seeds:
+        facts.append("**Seed:** " + ", ".join(str(s) for s in result.seeds))
     if denoising_steps:
         facts.append(f"**Steps:** {denoising_steps}")
     parts = [" · ".join(facts)] if facts else []
-    checks = result_checks(r)
+    checks = result_checks(result)
     if checks:
         parts.append("**Checks:**\n" + "\n".join(f"- {line}" for line in checks))
-    if r.get("note"):
-        parts.append(f"**Note:** {r['note']}")
+    if result.note:
+        parts.append(f"**Note:** {result.note}")
     return "\n\n".join(parts) or "done"
 
 
-def closing_text(answer: str, refusal: dict | None, error: dict | None, has_images: bool) -> str:
+def closing_text(answer: str, refusal: Refusal | None, error: TurnError | None, has_images: bool) -> str:
     """The text of a turn's closing message: the agent's answer, else the refusal explained in a
     sentence; a failure (engine out of memory, bad reference...) as one readable line; a stopped
     turn as such. Never a stack trace: only `message` fields reach the chat."""
     t = texts()
-    if error and error.get("code") == "cancelled":
+    if error is not None and error.code == "cancelled":
         return t["stopped"]
     lines = [answer] if answer else []
-    if refusal and not answer:
-        reason = refusal.get("reason") or "that request is against the safety policy"
+    if refusal is not None and not answer:
+        reason = refusal.reason or "that request is against the safety policy"
         lines.append(t["refused"].format(reason=reason))
-    if error and error.get("code") == "consent_declined":
+    if error is not None and error.code == "consent_declined":
         lines = [t["consent_declined"]]  # the user's own choice, not a failure
-    elif error:
-        message = str(error.get("message") or "unknown error").strip().splitlines()[0]
+    elif error is not None:
+        message = (error.message or "unknown error").strip().splitlines()[0]
         if message not in (answer or ""):  # the answer already says it
             lines.append(t["error"].format(message=message))
     if not lines:

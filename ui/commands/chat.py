@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 import sys
 
+from typing import TYPE_CHECKING
+
 from ui.cli import add_profile_args, load_profile_from_args
+
+if TYPE_CHECKING:  # heavy imports happen inside `run` (ui/cli.py)
+    from agent.turn import TurnEvent, TurnResult
 
 
 def register(sub) -> None:
@@ -29,52 +34,47 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _progress(event) -> None:
+def _progress(event: TurnEvent) -> None:
     """Tool steps and engine progress on stderr."""
-    data = event.data
     if event.kind == "tool_start":
-        print(f"-> {data['name']} {json.dumps(data['args'], ensure_ascii=False)}", file=sys.stderr)
+        print(f"-> {event.name} {json.dumps(event.args, ensure_ascii=False)}", file=sys.stderr)
     elif event.kind == "progress":
-        end = "\n" if data["step"] >= data["total"] else ""
-        print(f"\r   step {data['step']}/{data['total']}", end=end, file=sys.stderr, flush=True)
-    elif event.kind == "tool_end" and not data["result"].get("ok", True):
-        print(f"   {data['name']} failed: {data['result'].get('error')}", file=sys.stderr)
+        end = "\n" if event.step >= event.total else ""
+        print(f"\r   step {event.step}/{event.total}", end=end, file=sys.stderr, flush=True)
+    elif event.kind == "tool_end" and not event.result.ok:
+        print(f"   {event.name} failed: {event.result.error}", file=sys.stderr)
 
 
-def _run_events(events):
+def _run_events(events) -> TurnResult | None:
     result = None
     for event in events:
         _progress(event)
         if event.kind == "done":
-            result = event.data["result"]
+            result = event.result
     return result
 
 
-def _as_json(result) -> dict:
+def _as_json(result: TurnResult) -> dict:
     return {
         "thread_id": result.thread_id,
         "answer": result.answer,
-        "tool_calls": [{"name": c["name"], "args": c["args"]} for c in result.tool_calls],
-        "images": result.images,
-        "consent": result.consent,
-        "refused": result.refused,
-        "error": result.error,
+        "tool_calls": [{"name": c.name, "args": c.args} for c in result.tool_calls],
+        **result.model_dump(mode="json", include={"images", "consent", "refused", "error"}),
     }
 
 
-def _print_text(result) -> None:
+def _print_text(result: TurnResult) -> None:
     for call in result.tool_calls:
-        outcome = call.get("result") or {}
-        status = "ok" if outcome.get("ok", True) else f"failed: {outcome.get('error')}"
-        print(f"[{call['name']}] {json.dumps(call['args'], ensure_ascii=False)} -> {status}")
+        status = "ok" if call.result.ok else f"failed: {call.result.error}"
+        print(f"[{call.name}] {json.dumps(call.args, ensure_ascii=False)} -> {status}")
     for image in result.images:
-        print(f"saved {image['ref']} ({image['width']}x{image['height']}): {image['path']}")
+        print(f"saved {image.ref} ({image.width}x{image.height}): {image.path}")
     if result.answer:
         print(result.answer)
-    if result.consent:
-        print(f"? {result.consent['question']}")
-    if result.error and result.error.get("message") not in (result.answer or ""):
-        print(f"error: {result.error['message']}", file=sys.stderr)
+    if result.consent is not None:
+        print(f"? {result.consent.question}")
+    if result.error is not None and result.error.message not in (result.answer or ""):
+        print(f"error: {result.error.message}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -101,7 +101,7 @@ def _show(result, as_json: bool) -> int:
         print(json.dumps(_as_json(result), ensure_ascii=False))
     else:
         _print_text(result)
-    return 1 if result.error else 0
+    return 1 if result.error is not None else 0
 
 
 def _interactive(session, args) -> int:
@@ -123,7 +123,7 @@ def _interactive(session, args) -> int:
         try:
             result = _run_events(session.stream(line, images))
             images = []
-            while result.consent:
+            while result.consent is not None:
                 _print_text(result)
                 reply = input("yes/no> ").strip().lower()
                 result = _run_events(session.stream_resume(reply in ("y", "yes")))

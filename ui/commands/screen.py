@@ -96,7 +96,7 @@ def _screen_image(path: str, safety, identity, as_json: bool) -> int:
     from tools.safety import ImageScreener
 
     screener = ImageScreener(safety, _analyzer(identity))
-    d = screener.screen(_open_image(path), stage="upload")
+    d = screener.screen(_open_image(path))
     if as_json:
         print(json.dumps({**d.model_dump(), "nsfw_detector": screener.nsfw_available,
                           "gallery_people": len(screener.gallery)}))

@@ -1,0 +1,90 @@
+"""The chat scenario of issue 13 on the tiny profile: the system decides the image, answers from
+the results, and checks faces whenever the source has them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from agent.planners.base import PlannerReply, ToolCall
+from agent.planners.scripted import ScriptedModel
+
+
+@pytest.fixture
+def group_photo(face_photos) -> bytes:
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def calls(*items):
+    return PlannerReply(tool_calls=[ToolCall(name, args) for name, args in items])
+
+
+def test_generate_then_relight_an_uploaded_photo_then_make_her_smile(make_app, group_photo):
+    planner = ScriptedModel([
+        calls(("generate_image", {"prompt": "a lighthouse at dusk"})),
+        # the model names no image: the photo sent with the message is the one
+        calls(("relight_image", {"direction": "left", "light": "warm", "description": "golden hour sun"})),
+        calls(("edit_image", {"instruction": "make her smile"})),
+    ])
+    app = make_app(planner, identity={"max_attempts": 1})
+    s = app.session("t-scenario")
+    first = s.send("a lighthouse at dusk")
+    generated = first.images[0].ref
+
+    relit = s.send("relight this like golden hour from the left", images=[group_photo])
+    upload = s.history()[1].ref
+    [call] = relit.tool_calls
+    assert call.name == "relight_image" and call.args["image"] == upload != generated
+    assert call.args["color_temperature"] < 4000 and call.args["direction"] == "left"
+    assert [c.name for c in relit.tool_calls] == ["relight_image"]  # no unasked revert
+    assert relit.answer.startswith("I relit #2 with golden hour sun") and "#3" in relit.answer
+    assert relit.planner_calls == 1
+    seen = planner.calls[1][-1]["content"]
+    line = next(x for x in seen.splitlines() if x.startswith("#2 "))
+    assert "uploaded photo, sent with this message" in line and line.endswith("(current)") and "img_" not in seen
+
+    asked = s.send("make her smile")
+    assert asked.consent is not None and asked.images == []
+    assert asked.consent.call["args"]["image"] == relit.images[0].ref  # the current image, not an older one
+    done = s.resume(True)
+    [edit] = done.tool_calls
+    assert edit.args["image"] == relit.images[0].ref
+    assert edit.result.faces, "the face check runs whenever the source has faces"
+    assert done.answer.startswith("I edited #3: make her smile")
+
+
+def test_a_turn_with_two_successful_calls_makes_one_model_call(make_app):
+    planner = ScriptedModel([calls(("generate_image", {"prompt": "a red kite"})),
+                             calls(("relight_image", {"light": "cool"}), ("adjust_image", {"saturation": 0.8}))],
+                            then=None)  # a third model call would raise
+    app = make_app(planner)
+    s = app.session("t-two")
+    s.send("a red kite")
+    result = s.send("cooler light, then a little less saturated")
+    assert [c.name for c in result.tool_calls] == ["relight_image", "adjust_image"]
+    assert all(c.result.ok for c in result.tool_calls)
+    assert len(planner.calls) == 2 and result.planner_calls == 1
+    relit, adjusted = (c.result.images[0] for c in result.tool_calls)
+    # the second call works on what the first made
+    assert result.tool_calls[1].args["image"] == relit
+    assert "I relit #1" in result.answer and "I adjusted #2" in result.answer and "#3" in result.answer
+
+
+def test_a_model_flag_does_not_switch_the_face_check_off(make_app, group_photo):
+    """preserve_identity false (an identity change) needs consent and still measures every face."""
+    planner = ScriptedModel([calls(("edit_image", {"instruction": "make them unrecognisable",
+                                                   "preserve_identity": False}))])
+    app = make_app(planner, identity={"max_attempts": 3})
+    s = app.session("t-flag")
+    asked = s.send("make them unrecognisable", images=[group_photo])
+    assert asked.consent is not None
+    done = s.resume(True)
+    [edit] = done.tool_calls
+    assert edit.result.faces and edit.result.attempts == 1  # measured, not retried towards the old faces
