@@ -5,18 +5,19 @@ A case (one JSON line, format of `../shared/evals/planner_dev.jsonl`):
     {"id": "...", "images": [{"ref", "desc", "origin", "parent"?}], "history": [{"role", "text"}],
      "message": "...", "expect": {"tool": "<name>" | "none", "args": {"<arg>": {<matcher>: value}}}}
 
-The case's images are shown to the planner as the session's image list (refs, origin, parent,
-description, the last one current), its history is replayed as the conversation, the message is
-sent, and the FIRST tool call of the reply is checked: the tool name, that its arguments validate
-against the tool contract (`tools.schemas.validate_call`; defaults filled in), and every matcher.
-What is checked is what the turn decides before its first tool runs:
+The case's images are shown to the planner as the session's image list (by number, oldest first,
+the last one current; `"attached": true` marks a photo sent with the message; `"args"` are the
+contract arguments of the tool that made a derived version), its history is replayed as the
+conversation, the message is sent, and the FIRST call the turn would run is checked: the plan
+step (`agent.planners.checking.plan_step`) turns the model's reply into contract calls (its words
+translated by `agent.intents`, its images resolved by `agent.resolver`), then the tool name, that
+the arguments validate against the tool contract (`tools.schemas.validate_call`; defaults filled
+in), and every matcher. What is checked is what the turn decides before its first tool runs:
 - the request screen first (`--no-screen` leaves it out): a request it refuses never reaches the
   planner, so the turn makes no tool call;
-- then the plan step's reply: when the model's first reply would be sent back for repair in a real
-  turn (`agent.planners.checking.review`: unreadable, an image that is not in the case, invalid
-  arguments, a revert to the current image, a call that contradicts the message when read back,
-  "Done" with no call), the case gets that one repair round too; a call that needs an image in a
-  case without any is answered by the plan step itself (it asks for an upload).
+- then the plan step: a reply it sends back (unreadable, invalid arguments, an image the chat does
+  not have, "Done" with no call) gets that one repair round too; a call it answers itself (no
+  image in the chat, a revert to the image on screen) is scored as that answer.
 The report also gives how many first replies were right (`--no-repair` scores first replies only).
 `tool: none` passes when the reply has no tool call. Matchers: `eq`, `ne`, `in`, `not_in`, `lt`,
 `le`, `gt`, `ge`, `between` [lo, hi] (inclusive), `len`, `contains_any`, `contains_all`,

@@ -15,7 +15,8 @@ this module turns them into contract arguments, so every sign and unit conventio
   warmer / cooler (or `white_balance_k`), `cut_left` ... `cut_bottom` (the fraction to cut off each side) for crop.
 
 Contract arguments are accepted as they are too (a model or a client that writes
-`camera_azimuth` is not wrong). `to_contract` raises `PlanError` with one readable line.
+`camera_azimuth` is not wrong). `to_contract` raises `ToolArgumentError` with one readable line (`agent.resolver.PlanError` when an
+image cannot be resolved).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from agent.resolver import Facts, PlanError, resolve_images
+from agent.resolver import Facts, resolve_images
+from tools.errors import ToolArgumentError
 from tools.schemas import AspectRatio, Direction, Shot, Softness, validate_call
 
 ImageChoice = str | None
@@ -258,7 +260,7 @@ def _read(name: str, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"]) or "arguments"
             problems.append(f"{where}: {e['msg']}")
-        raise PlanError(f"{name}: " + "; ".join(problems)) from None
+        raise ToolArgumentError(f"{name}: " + "; ".join(problems)) from None
     return planned, contract
 
 
@@ -270,9 +272,9 @@ def to_contract(name: str, args: dict[str, Any], facts: Facts) -> dict[str, Any]
     """A planned call's arguments as contract arguments (validated by `tools.schemas.validate_call`;
     defaults are not filled in: the call stays as the planner meant it)."""
     if name not in PLAN_MODELS:
-        raise PlanError(f"unknown tool {name!r}; available: {', '.join(PLAN_MODELS)}")
+        raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(PLAN_MODELS)}")
     if not isinstance(args, dict):
-        raise PlanError(f"{name}: arguments must be a JSON object")
+        raise ToolArgumentError(f"{name}: arguments must be a JSON object")
     planned, out = _read(name, args)
     for friendly_key, key in _RENAMED.get(name, {}).items():
         if friendly_key in planned:
@@ -322,7 +324,7 @@ def to_contract(name: str, args: dict[str, Any], facts: Facts) -> dict[str, Any]
         if rotate and "rotate_deg" not in out:
             out["rotate_deg"] = (-1 if rotate == "clockwise" else 1) * float(degrees or ROTATE_DEFAULT_DEG)
         elif degrees and "rotate_deg" not in out:
-            raise PlanError("adjust_image: rotate_degrees needs rotate: clockwise or counter-clockwise")
+            raise ToolArgumentError("adjust_image: rotate_degrees needs rotate: clockwise or counter-clockwise")
         warmth = planned.pop("white_balance", None)
         if warmth and "white_balance_k" not in planned:
             planned["white_balance_k"] = WHITE_BALANCE_K[warmth]
@@ -330,7 +332,7 @@ def to_contract(name: str, args: dict[str, Any], facts: Facts) -> dict[str, Any]
         if any(cut.values()) and "crop" not in out:
             box = [cut["left"], cut["top"], 1 - cut["right"], 1 - cut["bottom"]]
             if box[0] >= box[2] or box[1] >= box[3]:
-                raise PlanError("adjust_image: cut takes off the whole picture; give the fraction to remove "
+                raise ToolArgumentError("adjust_image: cut takes off the whole picture; give the fraction to remove "
                                 "from each side (e.g. bottom: 0.33)")
             if box != [0, 0, 1, 1]:
                 out["crop"] = [round(x, 4) for x in box]

@@ -95,7 +95,9 @@ def contract_call(call: ToolCall, facts: Facts) -> PendingCall:
     except ToolArgumentError as err:
         raise CallProblem(str(err)) from None
     if call.name == "revert" and args["image"] == facts.current:
-        raise CallProblem(say("already_current", label=facts.label(args["image"])), fixable=False)
+        # with no earlier version at all a revert cannot be what was asked: the model may reconsider
+        alone = len(facts.versions) == 1 and not facts.previous()
+        raise CallProblem(say("already_current", label=facts.label(args["image"])), fixable=alone)
     if call.name == "adjust_image" and changes_nothing(**validate_call(call.name, args).model_dump()):
         raise CallProblem(f"adjust_image: {NO_CHANGE}; give the values of the change the user asked for")
     if _recreates(call.name, args, facts):

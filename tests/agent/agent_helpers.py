@@ -21,8 +21,23 @@ def tiny_overrides(root, **sections) -> dict:
 
 
 def call(name: str, **args) -> PlannerReply:
+    """A planner reply with one tool call (friendly or contract arguments; `image` may be left out)."""
     return PlannerReply(tool_calls=[ToolCall(name, args)])
 
 
+def calls(*items: tuple[str, dict]) -> PlannerReply:
+    """A planner reply with several tool calls: calls(("relight_image", {...}), ("adjust_image", {...}))."""
+    return PlannerReply(tool_calls=[ToolCall(name, dict(args)) for name, args in items])
+
+
+def planner_request(messages: list[dict]) -> str:
+    """The user block one planner call read (images list, transcript, `Message: ...`): the last
+    user message that is not part of a repair exchange."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user" and not m.get("repair"))
+
+
 def last_tool_message(messages: list[dict]) -> dict:
+    """The last tool message of a conversation (e.g. `Session.messages()`): the tool result as the
+    transcript keeps it. The planner never reads one within its turn any more: the answer is
+    composed from the turn's records (`TurnResult.tool_calls`)."""
     return [m for m in messages if m["role"] == "tool"][-1]

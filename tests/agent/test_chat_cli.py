@@ -32,10 +32,12 @@ def test_json_turn_and_a_follow_up_in_the_same_thread(tmp_path, capsys):
                                     "args": {"prompt": "a lighthouse at dusk", "aspect_ratio": "9:16"}}]
     assert "step 2/2" in err  # progress on stderr
     ref = first["images"][0]["ref"]
+    assert first["answer"] == "Here is a new picture of a lighthouse at dusk (48x96, #1)."  # from the result
 
     assert main(["chat", "--profile", profile, "--json", "/relight warm left"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["tool_calls"][0]["args"]["image"] == ref  # same thread: acts on that image
+    assert second["answer"].startswith("I relit #1") and "#2" in second["answer"]
 
 
 def test_demo_planner_and_text_output(tmp_path, capsys):
@@ -43,6 +45,7 @@ def test_demo_planner_and_text_output(tmp_path, capsys):
     assert main(["chat", "--profile", profile, "--thread", "other", "a red fox in the snow"]) == 0
     out = capsys.readouterr().out
     assert "[generate_image]" in out and "saved img_" in out and ".png" in out
+    assert "Here is a new picture of a red fox in the snow" in out  # the answer, composed from the result
 
 
 def test_a_bad_command_is_one_line_on_stderr(tmp_path, capsys):

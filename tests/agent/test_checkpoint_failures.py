@@ -55,14 +55,14 @@ def test_a_failed_checkpoint_write_is_an_error_not_the_previous_answer(make_app,
 
     _fail_writes(monkeypatch)
     events = list(session.stream("/adjust exposure=-0.5"))
-    failed = events[-1].data["result"]
-    assert failed.error["code"] == "checkpoint_failed" and failed.error["http_status"] == 503
-    assert "could not be saved" in failed.error["message"] and "attempt to write a readonly database" in failed.answer
+    failed = events[-1].result
+    assert failed.error.code == "checkpoint_failed" and failed.error.http_status == 503
+    assert "could not be saved" in failed.error.message and "attempt to write a readonly database" in failed.answer
     assert "\n" not in failed.answer and "sessions.sqlite" in failed.answer
     # nothing of the previous turn comes back as this one's
     assert failed.answer != first.answer and failed.images == [] and failed.tool_calls == []
-    assert [e.data["code"] for e in events if e.kind == "error"] == ["checkpoint_failed"]
-    assert failed.error["message"] not in first.answer
+    assert [e.code for e in events if e.kind == "error"] == ["checkpoint_failed"]
+    assert failed.error.message not in first.answer
 
     monkeypatch.undo()  # the database works again: the conversation goes on from the last saved turn
     assert _user_turns(session) == turns
@@ -83,7 +83,7 @@ def test_a_checkpoint_that_does_not_advance_is_an_error(make_app, monkeypatch):
     monkeypatch.setattr(SqliteSaver, "put", put)
     monkeypatch.setattr(SqliteSaver, "put_writes", lambda self, *a, **k: None)
     result = session.send("/adjust exposure=-0.5")
-    assert result.error and result.error["code"] == "checkpoint_failed"
+    assert result.error and result.error.code == "checkpoint_failed"
     assert result.images == [] and result.answer != first.answer and "not saved" in result.answer
 
 
@@ -91,8 +91,8 @@ def test_call_tool_with_a_failed_write_carries_the_error(make_app, monkeypatch):
     session = make_app().session("t-tool", user_id="ana")
     made = session.send("/adjust exposure=+1", images=[_png(3)])
     _fail_writes(monkeypatch, OverflowError("Python int too large to convert to SQLite INTEGER"))
-    result = session.call_tool("adjust_image", {"image": made.images[0]["ref"], "exposure_ev": -1.0})
-    assert result.error["code"] == "checkpoint_failed" and result.images == []
+    result = session.call_tool("adjust_image", {"image": made.images[0].ref, "exposure_ev": -1.0})
+    assert result.error.code == "checkpoint_failed" and result.images == []
     assert "OverflowError" in result.answer and made.answer not in result.answer
 
 

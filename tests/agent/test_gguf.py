@@ -6,6 +6,7 @@ import zipfile
 import pytest
 
 from agent.config import PlannerSettings, load_profile
+from agent.intents import plan_json_schemas
 from agent.planners import gguf_assets
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.gguf import render_qwen, repair_tool_names
@@ -129,6 +130,21 @@ def test_call_schema_limits_names_enums_and_refs():
     assert [c["properties"]["name"]["const"] for c in no_images["oneOf"]] == ["generate_image"]
 
 
+def test_call_schema_of_the_planners_tools_limits_images_to_the_chats_numbers():
+    from agent.planners.gguf import tool_call_schema
+
+    names = ["#1", "#2", "original", "previous"]
+    schema = tool_call_schema(plan_json_schemas(), names)
+    by_name = {c["properties"]["name"]["const"]: c["properties"]["arguments"] for c in schema["oneOf"]}
+    assert set(by_name) == {"generate_image", "edit_image", "relight_image", "reframe_image", "adjust_image", "revert"}
+    assert by_name["relight_image"]["properties"]["image"] == {"enum": names}
+    assert "image" not in by_name["relight_image"]["required"]  # left out: the turn picks the image
+    assert by_name["edit_image"]["properties"]["scene"] == {"enum": names}
+    assert by_name["edit_image"]["properties"]["bring_in"]["items"] == {"enum": names}
+    assert by_name["relight_image"]["properties"]["light"]["enum"] == ["warm", "neutral", "cool"]
+    assert "9:16 tall (phone wallpaper, story, reel)" in by_name["generate_image"]["properties"]["shape"]["enum"]
+
+
 def test_grammar_accepts_text_or_one_valid_call():
     llama_grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python not installed")
     from agent.planners.gguf import tool_grammar_text
@@ -169,11 +185,17 @@ def _real_planner():
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_real_gguf_plans_a_phone_wallpaper():
+    from agent.planners.checking import plan_step
+    from agent.resolver import Facts
+
     planner = _real_planner()
+    # the tools a turn sends (the planner's friendly arguments), then the plan step's translation
     reply = planner.chat(build_messages(history=[], images=[], user_text="make me a phone wallpaper of a lighthouse at dusk"),
-                         tool_json_schemas())
+                         plan_json_schemas())
     assert reply.tool_calls, reply.raw
-    call = reply.tool_calls[0]
+    step = plan_step(reply, Facts.of([]), can_repair=False)
+    assert step.calls, step.answer
+    call = step.calls[0]
     assert call.name == "generate_image"
     assert call.args.get("aspect_ratio") == "9:16"
     assert "lighthouse" in call.args.get("prompt", "").lower()
@@ -227,7 +249,8 @@ def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatc
     planner = gguf.GGUFPlanner(settings, root=str(tmp_path))
     calls = []
     planner.on_status = calls.append
-    planner.chat(build_messages(history=[], images=[], user_text="hi"), tool_json_schemas())
+    # the tools a turn sends: the prefix prepare_prompt saved (agent.intents.plan_json_schemas)
+    planner.chat(build_messages(history=[], images=[], user_text="hi"), plan_json_schemas())
     assert planner.prefix_state == "restored" and planner.last_timing["prefix"] == "restored"
     assert calls == []
     assert list((tmp_path / "models" / "prompt-cache").glob("*.state")) == states

@@ -57,8 +57,8 @@ def test_nan_in_a_slash_command_is_refused_by_the_contract(make_app):
     made = session.send("/generate a lighthouse")
     assert made.images
     result = session.send("/adjust exposure=nan")
-    assert result.error["code"] == "bad_arguments"
-    assert result.error["message"] == "adjust_image: exposure_ev: Input should be a finite number"
+    assert result.error.code == "bad_arguments"
+    assert result.error.message == "adjust_image: exposure_ev: Input should be a finite number"
     assert session.send("/adjust exposure=+1").images  # the session goes on
 
 
@@ -70,20 +70,22 @@ def test_nan_in_a_slash_command_is_refused_by_the_contract(make_app):
 def test_unstorable_numbers_in_a_direct_call_are_argument_errors_not_crashes(make_app, args, problem):
     session = make_app(ScriptedModel()).session("call-numbers")
     result = session.call_tool("generate_image", args)  # before: TypeError: Integer exceeds 64-bit range
-    assert result.error["code"] == "bad_arguments" and problem in result.error["message"]
+    assert result.error.code == "bad_arguments" and problem in result.error.message
     assert session.call_tool("generate_image", {"prompt": "a fox", "seed": 7}).images  # the thread is intact
 
 
-def test_a_planner_that_asks_for_seed_10_to_the_30_gets_a_tool_error(make_app):
-    app = make_app(ScriptedModel([call("generate_image", prompt="a fox", seed=10**30),
-                                  call("generate_image", prompt="a fox", seed=float("inf")), "Sorry."]))
+def test_a_planner_that_asks_for_seed_10_to_the_30_gets_a_readable_answer(make_app):
+    planner = ScriptedModel([call("generate_image", prompt="a fox", seed=10**30),
+                             call("generate_image", prompt="a fox", seed=float("inf"))], then=None)
+    app = make_app(planner)
     session = app.session("planner-numbers")
     result = session.send("a fox with a very big seed")
-    assert result.error is None and result.answer == "Sorry."
     said = [m["content"] for m in session.messages()]
     # the plan step's check asks the model to correct the first call, with the bound in the words
     assert any("seed: Input should be less than or equal to 4294967295" in text for text in said)
-    # the corrected call (seed=inf) reaches the screens and comes back as a tool error
-    assert [c["args"]["seed"] for c in result.tool_calls] == ["inf"]
-    assert result.tool_calls[0]["result"]["error"].startswith("generate_image: seed: ")
-    assert said[-1] == "Sorry."  # every checkpoint of the turn was written
+    # the corrected call (seed=inf) cannot run either: after the one repair round the turn answers
+    # with the problem in plain words, and nothing ran
+    assert result.error is None and result.tool_calls == [] and result.images == []
+    assert result.answer == "Sorry, I could not do that: generate_image: seed: Input should be a finite number."
+    assert result.planner_calls == 2 and len(planner.calls) == 2
+    assert said[-1] == result.answer  # every checkpoint of the turn was written

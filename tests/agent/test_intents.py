@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.intents import plan_json_schemas, to_contract
-from agent.resolver import Facts, PlanError
+from agent.resolver import Facts
+from tools.errors import ToolArgumentError
 from tools.schemas import validate_call
 
 PHOTO = [{"ref": "img_0000aaaa", "origin": "upload"}]
@@ -72,13 +73,13 @@ def test_contract_arguments_pass_through():
 
 def test_bad_words_are_one_line_errors():
     facts = Facts.of(PHOTO)
-    with pytest.raises(PlanError, match="rotate"):
+    with pytest.raises(ToolArgumentError, match="rotate"):
         to_contract("adjust_image", {"rotate": "sideways"}, facts)
-    with pytest.raises(PlanError, match="unknown tool"):
+    with pytest.raises(ToolArgumentError, match="unknown tool"):
         to_contract("crop_image", {}, facts)
-    with pytest.raises(PlanError, match="whole picture"):
+    with pytest.raises(ToolArgumentError, match="whole picture"):
         to_contract("adjust_image", {"cut_left": 0.6, "cut_right": 0.6}, facts)
-    with pytest.raises(PlanError, match="glow: Extra inputs"):
+    with pytest.raises(ToolArgumentError, match="glow: Extra inputs"):
         to_contract("relight_image", {"glow": 3}, facts)
 
 

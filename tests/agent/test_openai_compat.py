@@ -126,16 +126,29 @@ def test_a_server_that_is_down_is_a_clear_error():
 def test_a_whole_turn_with_the_openai_planner(server, tmp_path):
     server.replies = [
         tool_call_message("generate_image", json.dumps({"prompt": "a lighthouse at dusk", "aspect_ratio": "9:16"})),
-        {"role": "assistant", "content": "Here is your wallpaper."},
+        # the next turn names no image: the turn works on the current one
+        tool_call_message("relight_image", json.dumps({"light": "warm"}), call_id="call_def"),
     ]
     app = Atelier("tiny", tiny_overrides(tmp_path, planner={"kind": "openai", "model": "qwen-test",
                                                              "base_url": server.base_url}))
     try:
-        result = app.session("oa-turn").send("phone wallpaper of a lighthouse at dusk")
+        session = app.session("oa-turn")
+        result = session.send("phone wallpaper of a lighthouse at dusk")
+        warmer = session.send("make it warmer")
     finally:
         app.close()
-    assert result.answer == "Here is your wallpaper." and len(result.images) == 1
-    second = server.requests[1]["messages"]
-    assert second[-2]["tool_calls"][0]["id"] == "call_abc"
-    assert second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == "call_abc"
-    assert result.images[0]["ref"] in second[-1]["content"]
+    # one model call per turn: the answer is composed from the result, not asked of the server
+    assert len(server.requests) == 2 and result.planner_calls == 1
+    [made] = result.images
+    assert result.answer == f"Here is a new picture of a lighthouse at dusk ({made.width}x{made.height}, #1)."
+    [generated] = result.tool_calls
+    assert generated.name == "generate_image" and generated.args["aspect_ratio"] == "9:16" and generated.result.ok
+    first = server.requests[0]
+    assert first["model"] == "qwen-test" and {t["function"]["name"] for t in first["tools"]} >= {"generate_image"}
+    assert "phone wallpaper of a lighthouse at dusk" in first["messages"][-1]["content"]
+
+    second = server.requests[1]["messages"][-1]["content"]
+    assert "#1 " in second and "(current)" in second and made.ref not in second  # images by number, never refs
+    [relit] = warmer.tool_calls
+    assert relit.name == "relight_image" and relit.args["image"] == made.ref and relit.result.ok
+    assert warmer.answer.startswith("I relit #1") and "#2" in warmer.answer

@@ -4,17 +4,16 @@ uploads fail before anything runs."""
 from __future__ import annotations
 
 import pytest
-from agent_helpers import call
+from agent_helpers import call, planner_request
 
-from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.scripted import ScriptedModel
 from tools.errors import BadImageError, RateLimitedError, UnknownRefError
 
 
 def test_a_session_survives_a_restart(make_app, tmp_path):
-    first_app = make_app(ScriptedModel([call("generate_image", prompt="a blue boat"), "A boat."]))
+    first_app = make_app(ScriptedModel([call("generate_image", prompt="a blue boat")], then=None))
     made = first_app.session("t-restart", user_id="ana").send("a blue boat")
-    ref = made.images[0]["ref"]
+    ref = made.images[0].ref
     first_app.close()
 
     planner = ScriptedModel(["We have a boat and a brighter boat."])  # a fresh app, same data root
@@ -25,12 +24,14 @@ def test_a_session_survives_a_restart(make_app, tmp_path):
     assert [m["role"] for m in session.messages()][:2] == ["user", "assistant"]
 
     follow = session.send("/adjust exposure=+1")
-    assert second_app.store.get(follow.images[0]["ref"]).parent == ref
-    # the restarted planner sees the earlier conversation and the image list
-    session.send("what do we have?")
-    seen = planner.calls[-1]
-    assert any("a blue boat" in (m.get("content") or "") for m in seen)
-    assert ref in seen[-1]["content"]
+    assert second_app.store.get(follow.images[0].ref).parent == ref
+    # the restarted planner sees the earlier conversation and the image list (by number)
+    answer = session.send("what do we have?")
+    assert answer.answer == "We have a boat and a brighter boat." and answer.tool_calls == []
+    seen = planner_request(planner.calls[-1])
+    assert "User: a blue boat" in seen
+    assert "#1 generated: a blue boat" in seen and "#2 adjusted from #1" in seen
+    assert seen.index("(current)") > seen.index("#2 adjusted") and "img_" not in seen
 
 
 def test_threads_are_separate(make_app):
@@ -38,45 +39,63 @@ def test_threads_are_separate(make_app):
     a = app.session("t-a").send("/generate a cat")
     assert app.session("t-b").current is None
     assert app.session("t-b").history() == []
-    assert app.session("t-a").current == a.images[0]["ref"]
+    assert app.session("t-a").current == a.images[0].ref
 
 
 def test_undo_and_branch_make_a_tree(make_app):
     app = make_app()
     session = app.session("t-tree")
-    root = session.send("/generate a mountain lake").images[0]["ref"]
-    brighter = session.send("/adjust exposure=+1").images[0]["ref"]
+    root = session.send("/generate a mountain lake").images[0].ref
+    brighter = session.send("/adjust exposure=+1").images[0].ref
     assert session.current == brighter
 
     undone = session.send("/undo")
     assert undone.images == [] and session.current == root
-    assert undone.tool_calls[0]["name"] == "revert"
+    assert undone.tool_calls[0].name == "revert" and undone.tool_calls[0].result.current == root
+    assert undone.answer.startswith("Back to #1")
 
-    warmer = session.send("/adjust white_balance_k=3500").images[0]["ref"]  # a branch from the root
+    warmer = session.send("/adjust white_balance_k=3500").images[0].ref  # a branch from the root
     children = {v.ref for v in session.images.children(root, session=session.key)}
     assert children == {brighter, warmer}
 
     session.send(f"/branch {brighter}")
     assert session.current == brighter
-    deeper = session.send("/adjust contrast=1.3").images[0]["ref"]
+    deeper = session.send("/adjust contrast=1.3").images[0].ref
     assert [v.ref for v in app.store.lineage(deeper)] == [root, brighter, deeper]
 
 
 def test_go_back_to_the_second_one_through_the_planner(make_app):
-    def planner(messages):
-        last = messages[-1]
-        if last["role"] == "tool":
-            return PlannerReply(text="Back to it.")
-        lines = [line for line in last["content"].splitlines() if line.startswith("#")]
-        second = lines[1].split()[1]
-        return PlannerReply(tool_calls=[ToolCall("revert", {"image": second})])
-
+    planner = ScriptedModel([call("revert", image="#2")], then=None)  # the model names it by number
     app = make_app(planner)
     session = app.session("t-back")
-    refs = [session.send(f"/generate {what}").images[0]["ref"] for what in ("a pear", "an apple", "a plum")]
+    refs = [session.send(f"/generate {what}").images[0].ref for what in ("a pear", "an apple", "a plum")]
     result = session.send("go back to the second one")
     assert session.current == refs[1]
-    assert result.tool_calls[0]["result"]["current"] == refs[1]
+    [reverted] = result.tool_calls
+    assert reverted.args == {"image": refs[1]} and reverted.result.current == refs[1]
+    assert result.images == [] and result.answer.startswith("Back to #2 (the generated one)")
+    assert "#2 generated: an apple" in planner_request(planner.calls[0])
+
+
+def test_a_revert_without_an_image_goes_one_step_back(make_app):
+    planner = ScriptedModel([call("revert")], then=None)
+    app = make_app(planner)
+    session = app.session("t-step-back")
+    root = session.send("/generate a tulip").images[0].ref
+    session.send("/adjust saturation=1.5")
+    result = session.send("undo that")
+    assert result.tool_calls[0].args == {"image": root} and session.current == root
+
+
+def test_a_revert_to_the_current_image_is_answered_not_run(make_app):
+    planner = ScriptedModel([call("revert", image="#1")], then=None)
+    app = make_app(planner)
+    session = app.session("t-already")
+    root = session.send("/generate a tulip").images[0].ref
+    result = session.send("go back to the first one")
+    assert result.tool_calls == [] and session.current == root
+    assert "#1 is already the current image" in result.answer
+    assert len(planner.calls) == 1  # answered, not sent back to the model
 
 
 def test_undo_with_nothing_to_undo_is_a_clear_error(make_app):

@@ -45,7 +45,7 @@ CHILD = textwrap.dedent("""
     for i in range(turns):
         result = session.send(f"/adjust exposure={'+' if i %% 2 == 0 else '-'}0.{i + 1}")
         if result.error:
-            failed.append(result.error)
+            failed.append(result.error.model_dump())  # TurnError (pydantic): JSON for the report
     print(json.dumps({"name": name, "seconds": time.monotonic() - start, "failed": failed}))
     app.close()
 """ % (THREAD, USER))

@@ -12,8 +12,8 @@ from agent.config import PlannerSettings, load_profile
 from agent.planners import build_planner
 from agent.planners.base import PlannerReply
 from agent.planners.transformers_vl import VISION_TOKENS, TransformersVLPlanner, _render
+from agent.intents import plan_json_schemas
 from tools import shared_models
-from tools.schemas import tool_json_schemas
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _messages(image_path=None):
 
 
 def test_render_puts_vision_tokens_where_images_are(tmp_path):
-    text, paths = _render(_messages("/x.png"), tool_json_schemas()[:1], see_images=True)
+    text, paths = _render(_messages("/x.png"), plan_json_schemas()[:1], see_images=True)
     assert paths == ["/x.png"] and f"<|im_start|>user\n{VISION_TOKENS}make it warmer" in text
     assert "generate_image" in text and text.endswith("<|im_start|>assistant\n")
     text, paths = _render(_messages("/x.png"), [], see_images=False)
@@ -47,11 +47,11 @@ def test_chat_sees_the_image_and_stops_at_max_tokens(tiny_vl, tmp_path):
     path = tmp_path / "photo.png"
     Image.new("RGB", (56, 56), (200, 120, 40)).save(path)
     planner = TransformersVLPlanner(_settings(see_images=True), model=tiny_vl["model"], processor=tiny_vl["processor"])
-    reply = planner.chat(_messages(str(path)), tool_json_schemas()[:1])
+    reply = planner.chat(_messages(str(path)), plan_json_schemas()[:1])
     assert isinstance(reply, PlannerReply)
     assert 1 <= planner.last_timing["new_tokens"] <= 6
     with_image = planner.last_timing["prompt_tokens"]
-    planner.chat(_messages(), tool_json_schemas()[:1])
+    planner.chat(_messages(), plan_json_schemas()[:1])
     # the processor expanded <|image_pad|> into the image's patch tokens
     assert with_image > planner.last_timing["prompt_tokens"] + 1
 
