@@ -44,7 +44,7 @@ def test_agent_session_audits_a_refused_request(tmp_path, monkeypatch):
     monkeypatch.setenv("ATELIER_HOME", str(tmp_path))
     app = agent.Atelier(profile="tiny", overrides={"store": {"root": str(tmp_path)}})
     result = app.session("t-refused", user_id="mallory").send("A realistic photo of a public execution")
-    assert result.refused and result.refused["category"] == "violence"
+    assert result.refused and result.refused.category == "violence"
     log = AuditLog(app.profile.store.audit_url())
     events = log.events(user_id="mallory")
     kinds = [e["event"] for e in events]
