@@ -88,14 +88,27 @@ def test_a_revert_without_an_image_goes_one_step_back(make_app):
 
 
 def test_a_revert_to_the_current_image_is_answered_not_run(make_app):
-    planner = ScriptedModel([call("revert", image="#1")], then=None)
+    planner = ScriptedModel([call("revert", image="#2")], then=None)
     app = make_app(planner)
     session = app.session("t-already")
-    root = session.send("/generate a tulip").images[0].ref
-    result = session.send("go back to the first one")
-    assert result.tool_calls == [] and session.current == root
-    assert "#1 is already the current image" in result.answer
+    session.send("/generate a tulip")
+    made = session.send("/adjust exposure=+1").images[0].ref
+    result = session.send("go back to the second one")
+    assert result.tool_calls == [] and session.current == made
+    assert "#2 is already the current image" in result.answer
     assert len(planner.calls) == 1  # answered, not sent back to the model
+
+
+def test_a_revert_in_a_chat_with_one_image_is_sent_back_once(make_app):
+    """With no earlier version at all a revert cannot be what was asked: the model may reconsider
+    (the same request; the repair names the problem, not another tool)."""
+    planner = ScriptedModel([call("revert", image="#1"), call("adjust_image", exposure_ev=1)], then=None)
+    app = make_app(planner)
+    session = app.session("t-one")
+    session.send("/generate a tulip")
+    result = session.send("brighter")
+    assert [c.name for c in result.tool_calls] == ["adjust_image"] and result.planner_calls == 2
+    assert "#1 is already the current image" in planner.calls[1][-1]["content"]
 
 
 def test_undo_with_nothing_to_undo_is_a_clear_error(make_app):
