@@ -103,7 +103,7 @@ def gguf_main(args) -> None:
     from agent.config import load_profile
     from agent.evals import _percentile, load_cases, plan_case
     from agent.planners.gguf import GGUFPlanner
-    from tools.schemas import tool_json_schemas
+    from agent.intents import plan_json_schemas
 
     profile = load_profile(args.profile)
     cases = load_cases(args.jsonl)[: args.limit]
@@ -122,7 +122,7 @@ def gguf_main(args) -> None:
         return reply
 
     planner.chat = timed_chat  # type: ignore[method-assign]
-    tools = tool_json_schemas()
+    tools = plan_json_schemas()  # what a turn sends
     for case in cases:
         plan_case(planner, case, tools, repair=True, screener=None)
     if not decisions:
