@@ -28,7 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from agent.resolver import Facts, resolve_images
 from tools.errors import ToolArgumentError
-from tools.schemas import AspectRatio, Direction, Shot, Softness, validate_call
+from tools.schemas import AspectRatio, Direction, Shot, Softness, function_schemas, validate_call
 
 ImageChoice = str | None
 _IMAGE = Field(None, json_schema_extra={"x-image": True})  # a grammar limits it to the chat's numbers
@@ -234,15 +234,7 @@ def _lenient(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def plan_json_schemas() -> list[dict[str, Any]]:
     """OpenAI-style function schemas of what the planner writes (the friendly arguments)."""
-    out = []
-    for name, model in PLAN_MODELS.items():
-        schema = model.model_json_schema()
-        schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
-            prop.pop("title", None)
-        out.append({"type": "function", "function": {
-            "name": name, "description": " ".join((model.__doc__ or "").split()), "parameters": schema}})
-    return out
+    return function_schemas(PLAN_MODELS)
 
 
 def _read(name: str, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

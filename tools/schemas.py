@@ -222,10 +222,10 @@ def storable(value: Any) -> Any:
     return value
 
 
-def tool_json_schemas() -> list[dict[str, Any]]:
-    """OpenAI-style function schemas for every tool (what the planner and MCP see)."""
+def function_schemas(models: dict[str, type[BaseModel]]) -> list[dict[str, Any]]:
+    """OpenAI-style function schemas of argument models (name -> model; the docstring describes it)."""
     out = []
-    for name, model in TOOL_MODELS.items():
+    for name, model in models.items():
         schema = model.model_json_schema()
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
@@ -235,6 +235,11 @@ def tool_json_schemas() -> list[dict[str, Any]]:
             "function": {"name": name, "description": " ".join((model.__doc__ or "").split()), "parameters": schema},
         })
     return out
+
+
+def tool_json_schemas() -> list[dict[str, Any]]:
+    """OpenAI-style function schemas for every tool of the contract (what MCP and clients see)."""
+    return function_schemas(TOOL_MODELS)
 
 
 def look_arguments(name: str, args: dict[str, Any], *, include_text: bool = False) -> dict[str, Any]:

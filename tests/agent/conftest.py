@@ -24,3 +24,18 @@ def make_app(tmp_path):
     yield make
     for app in apps:
         app.close()
+
+
+@pytest.fixture
+def group_photo(face_photos) -> bytes:
+    """A real photo of six people (the insightface sample), shrunk to keep the tiny engines fast."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()

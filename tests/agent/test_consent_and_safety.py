@@ -18,17 +18,6 @@ def _photo_bytes(color=(180, 140, 120)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def group_photo(face_photos) -> bytes:
-    """A real photo of six people (the insightface sample), shrunk to keep the tiny engines fast."""
-    with Image.open(face_photos["group"]) as im:
-        im = im.convert("RGB")
-        im.thumbnail((320, 320))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
-
-
 def _edit_current(messages):
     """Edits with the user's words as the instruction, naming no image: the turn picks the photo
     sent with this message, else the current image."""

@@ -3,23 +3,11 @@ the results, and checks faces whenever the source has them."""
 
 from __future__ import annotations
 
-import io
 
 import pytest
-from PIL import Image
 
 from agent.planners.base import PlannerReply, ToolCall
 from agent.planners.scripted import ScriptedModel
-
-
-@pytest.fixture
-def group_photo(face_photos) -> bytes:
-    with Image.open(face_photos["group"]) as im:
-        im = im.convert("RGB")
-        im.thumbnail((320, 320))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
 
 
 def calls(*items):
