@@ -53,6 +53,9 @@ class PlannerSettings(BaseModel):
     # gguf: constrain the reply to plain text or one valid call (tool names, enums, known refs);
     # off by default: on the dev set the 1.5B model answered worse under the grammar
     grammar: bool = False
+    # gguf: "two-step" (the kind of request as one word, then that tool's arguments, both under a
+    # grammar: agent.planners.gguf.KINDS) or "one-call" (one free <tool_call> reply)
+    decide: Literal["two-step", "one-call"] = "two-step"
     # transformers / openai
     model: str | None = None
     base_url: str | None = None

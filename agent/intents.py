@@ -34,9 +34,11 @@ ImageChoice = str | None
 _IMAGE = Field(None, json_schema_extra={"x-image": True})  # a grammar limits it to the chat's numbers
 
 Zoom = Literal["in", "out", "a bit in", "a bit out", "far in", "far out"]
-# the shapes in the words people use; the ratio is read from the value ("9:16 tall (phone, story)" -> 9:16)
-Shape = Literal["9:16 tall (phone wallpaper, story, reel)", "16:9 wide (banner, desktop, TV)", "1:1 square",
-                "2:3 portrait", "3:4 portrait", "3:2 landscape", "4:3 landscape"]
+# the shapes in the words people use or as a ratio the user wrote; a word comes first in its
+# value, so the first token a model writes already tells the shapes apart ("1:1" and "16:9" share
+# their first); the ratio is read from the value ("tall (phone wallpaper...)" -> 9:16)
+Shape = Literal["tall (phone wallpaper, story, reel)", "wide (banner, desktop, TV)", "square", "portrait",
+                "landscape", "9:16", "16:9", "1:1", "2:3", "3:4", "3:2", "4:3"]
 _RATIO_IN = re.compile(r"(\d{1,2})\s*[:x/×]\s*(\d{1,2})")
 _SHAPE_WORDS = {"square": "1:1", "tall": "9:16", "vertical": "9:16", "phone": "9:16", "story": "9:16",
                 "wide": "16:9", "widescreen": "16:9", "banner": "16:9", "portrait": "2:3", "landscape": "3:2",
@@ -44,7 +46,7 @@ _SHAPE_WORDS = {"square": "1:1", "tall": "9:16", "vertical": "9:16", "phone": "9
 
 
 def _shape(value: Any) -> Any:
-    """A shape in words or as a ratio -> the contract's ratio ("9:16 tall (phone...)" -> "9:16")."""
+    """A shape in words or as a ratio -> the contract's ratio ("tall (phone...)" -> "9:16")."""
     if not isinstance(value, str):
         return value
     m = _RATIO_IN.search(value)
@@ -109,11 +111,13 @@ class PlanGenerate(_Plan):
 class PlanEdit(_Plan):
     """Change what is in the picture: add, remove, replace, restyle, expression, background."""
 
-    scene: ImageChoice = Field(None, description="the photo whose place and background are kept",
-                               json_schema_extra={"x-image": True})
+    # the order the planner writes them (a grammar keeps it): the change first, then what it brings
+    # in, then where to: a small model names the roles better once it has written the change
     instruction: str = Field(min_length=1, max_length=2000)
     bring_in: list[str] | None = Field(None, max_length=3, description="other photos whose people or things are added",
                                       json_schema_extra={"x-images": True})
+    scene: ImageChoice = Field(None, description="the photo whose place and background are kept",
+                               json_schema_extra={"x-image": True})
     region: str | None = Field(None, max_length=200)
     becomes_someone_else: bool | None = Field(None, description="true only if a person must become unrecognizable")
 

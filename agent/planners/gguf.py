@@ -62,6 +62,23 @@ STOP = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
 PREFILL_CHUNK = 256  # tokens per llm.eval while preparing the system prefix (one progress line each)
 
 
+def physical_cores() -> int:
+    """The physical cores this process may use (SMT siblings counted once), from the CPU topology
+    in /sys; half the logical CPUs where it cannot be read."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 2))
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus) // 2)
+    return max(1, len(cores))
+
+
 def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
     try:
         from llama_cpp import Llama
@@ -74,9 +91,9 @@ def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str |
         llm = _MODELS.get(key)
         if llm is None:
             kwargs: dict[str, Any] = dict(
-                # default: half the logical CPUs (physical cores); more threads than cores makes
-                # llama.cpp's prompt evaluation several times slower on a shared or SMT CPU
-                model_path=path, n_ctx=n_ctx, n_threads=n_threads or max(1, (os.cpu_count() or 2) // 2),
+                # default: one thread per physical core; more threads than cores makes llama.cpp
+                # several times slower on an SMT CPU, fewer halves decoding on a small one
+                model_path=path, n_ctx=n_ctx, n_threads=n_threads or physical_cores(),
                 n_batch=512, verbose=False,
             )
             if chat_format:
@@ -228,6 +245,112 @@ def tool_grammar_text(tools: list[dict[str, Any]], refs: list[str], *, openers: 
     )
 
 
+# The two-step decision (`planner.decide: two-step`, the default): the model first names the
+# kind of request, one word under a grammar, then writes that kind's arguments as one JSON object
+# under a grammar made from that tool's schema alone (or a reply, for `reply`). Both steps
+# continue one assistant turn ("kind: light\narguments: {...}"), so the second pays only for the
+# few tokens after the first, and the system turn (prompts/planner/decide.md + the tool list) is
+# the same on every call: its evaluated state is kept like the one-call prompt's.
+KINDS = {"new": "generate_image", "content": "edit_image", "light": "relight_image", "camera": "reframe_image",
+         "settings": "adjust_image", "undo": "revert", "reply": None}
+
+
+def _deciding(messages: list[dict[str, Any]]) -> bool:
+    """A request to decide (the conversation ends with the user's message or a repair request),
+    not a call after tool results."""
+    return bool(messages) and messages[-1].get("role") == "user"
+
+
+def decide_head(tools: list[dict[str, Any]]) -> str:
+    """The system turn of the two-step decision: how to decide, then the tool list."""
+    from agent.prompting import load_prompt
+
+    listed = "\n".join(tool_signature(t) for t in tools)
+    return f"<|im_start|>system\n{load_prompt('decide.md')}\n\nTools:\n{listed}<|im_end|>\n"
+
+
+def _call_text(msg: dict[str, Any]) -> str:
+    parts = [str(msg.get("content") or "").strip()]
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or call
+        args = fn.get("arguments", fn.get("args", {}))
+        parts.append(f"{fn.get('name', '')} {args if isinstance(args, str) else _compact(args)}")
+    return " ".join(p for p in parts if p)
+
+
+def decide_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    """The two-step prompt up to the kind word: the system turn, the request as
+    `agent.prompting.build_messages` wrote it (images, conversation, message; its one-call
+    reminder left out) with a repair exchange of this turn told after it, then `kind:`."""
+    from agent.prompting import load_prompt, turn_texts
+
+    first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
+    content = str(messages[first].get("content") or "").strip()
+    reminder = load_prompt("reminder.md")
+    if content.endswith(reminder):
+        content = content[: -len(reminder)].rstrip()
+    texts = turn_texts()
+    for msg in messages[first + 1:]:
+        text = _call_text(msg)
+        if not text:
+            continue
+        key = "decide_earlier" if msg.get("role") == "assistant" else "decide_problem"
+        content += "\n" + texts[key].format(text=text).strip()
+    return decide_head(tools) + f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\nkind:"
+
+
+def _image_prop(prop: dict[str, Any]) -> bool:
+    return bool(prop.get("x-image") or prop.get("x-images")) or _grammar_prop(prop, ["x"]) in (
+        {"enum": ["x"]}, {"type": "array", "items": {"enum": ["x"]}, "maxItems": 3})
+
+
+def arguments_schema(tool: dict[str, Any], refs: list[str]) -> dict[str, Any]:
+    """JSON schema of one tool's arguments for the grammar: its names, enums and types, image
+    arguments limited to the chat's images (left out when there are none)."""
+    fn = tool.get("function", tool)
+    params = fn.get("parameters") or {}
+    props, required = {}, list(params.get("required") or [])
+    # with two images or more the image a call works on is always named, "current" first (for
+    # revert "previous" first: the version on screen is not one to go back to): a small model
+    # that may leave it out leaves it out even for "the second one"
+    choose = sum(1 for r in refs if r.startswith("#")) >= 2
+    for name, prop in (params.get("properties") or {}).items():
+        if _image_prop(prop) and not refs:
+            continue
+        props[name] = _grammar_prop(prop, refs)
+        if choose and props[name] == {"enum": refs}:
+            if fn["name"] == "revert":
+                props[name] = {"enum": ["previous", *(r for r in refs if r != "previous")]}
+            else:
+                props[name] = {"enum": ["current", *refs]}
+            required.append(name)
+    return {"type": "object", "properties": props,
+            "required": [r for r in dict.fromkeys(required) if r in props], "additionalProperties": False}
+
+
+def kind_grammar_text(kinds: list[str]) -> str:
+    return "root ::= " + " | ".join(json.dumps(" " + k) for k in kinds) + "\n"
+
+
+def arguments_grammar_text(tool: dict[str, Any], refs: list[str]) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    body = json_schema_to_gbnf(json.dumps(arguments_schema(tool, refs))).replace("root ::=", "args ::=", 1)
+    return 'root ::= " " args\n' + body
+
+
+def image_choices(messages: list[dict[str, Any]]) -> list[str]:
+    """How the planner may name this chat's images: their numbers in the images list (and refs a
+    client wrote), then "original" and "previous"."""
+    refs: list[str] = []
+    for m in messages[1:]:
+        text = str(m.get("content") or "")
+        for ref in [*(f"#{n}" for n in _NUMBERED.findall(text)), *_REF_RE.findall(text)]:
+            if ref not in refs:
+                refs.append(ref)
+    return refs + ["original", "previous"] if refs else []
+
+
 def render_qwen(messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, compact: bool = True) -> str:
     """OpenAI-style messages + tool schemas -> Qwen2.5 chat-template text ending at the assistant turn."""
     system = ""
@@ -316,6 +439,7 @@ class GGUFPlanner(ChatModel):
     def __init__(self, settings, *, model_path: str | None = None, root: str | None = None):
         self.settings = settings
         self.chat_format = getattr(settings, "chat_format", None) or "qwen"
+        self.two_step = (getattr(settings, "decide", None) or "two-step") == "two-step"
         self._model_path = model_path
         self._root = root
         self._llm = None
@@ -347,7 +471,9 @@ class GGUFPlanner(ChatModel):
         llm = self.llm
         t0 = time.perf_counter()
         with _LOCK:
-            if self.chat_format == "qwen":
+            if self.chat_format == "qwen" and self.two_step and _deciding(messages) and tools:
+                reply = self._chat_two_step(llm, messages, tools)
+            elif self.chat_format == "qwen":
                 reply = self._chat_native(llm, messages, tools)
             else:
                 reply = self._chat_handler(llm, messages, tools)
@@ -386,7 +512,7 @@ class GGUFPlanner(ChatModel):
         llm = self.llm
         t0 = time.perf_counter()
         with _LOCK:
-            head = self.system_prefix(system, tools)
+            head = decide_head(tools) if self.two_step else self.system_prefix(system, tools)
             tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
             self._warm_prefix(llm, tokens, len(tokens))
         return {"state": self.prefix_state, "tokens": len(tokens), "seconds": time.perf_counter() - t0,
@@ -479,15 +605,7 @@ class GGUFPlanner(ChatModel):
     def _grammar(self, messages, tools):
         from llama_cpp import LlamaGrammar
 
-        refs: list[str] = []
-        for m in messages[1:]:
-            text = str(m.get("content") or "")
-            # the images list names images by number (agent.prompting); refs where a client gave them
-            for ref in [*(f"#{n}" for n in _NUMBERED.findall(text)), *_REF_RE.findall(text)]:
-                if ref not in refs:
-                    refs.append(ref)
-        if refs:
-            refs += ["original", "previous"]
+        refs = image_choices(messages)
         deciding = bool(messages) and messages[-1].get("role") == "user"
         key = (json.dumps(tools, sort_keys=True), tuple(refs), deciding)
         text = self._grammars.get(key)
@@ -495,6 +613,64 @@ class GGUFPlanner(ChatModel):
             text = tool_grammar_text(tools, refs, openers=reply_openers() if deciding else None)
             self._grammars = {key: text}  # one conversation at a time: keep only the latest
         return LlamaGrammar.from_string(text, verbose=False)
+
+    def _complete(self, llm, prompt: str, grammar_text: str | None, max_tokens: int, stop: list[str]) -> str:
+        from llama_cpp import LlamaGrammar
+
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        budget = self.settings.n_ctx - len(tokens)
+        if budget < 16:
+            raise ModelUnavailableError(
+                f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
+            )
+        grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
+        out = llm.create_completion(tokens, max_tokens=min(max_tokens, budget), grammar=grammar, temperature=0.0,
+                                    top_k=1, stop=stop)
+        usage = out.get("usage", {})
+        for key in ("prompt_tokens", "completion_tokens"):
+            self.last_usage[key] = self.last_usage.get(key, 0) + int(usage.get(key) or 0)
+        return out["choices"][0]["text"]
+
+    def _chat_two_step(self, llm, messages, tools) -> PlannerReply:
+        """The kind of request (one word), then that tool's arguments (see `KINDS`)."""
+        by_name = {(t.get("function", t))["name"]: t for t in tools}
+        refs = image_choices(messages)
+        # with no image in the chat there is nothing to change: a picture to make, or words
+        # (a request to change a photo that was not sent is answered by asking for it)
+        kinds = [k for k, name in KINDS.items()
+                 if name is None or name in by_name and (refs or name == "generate_image")]
+        prompt = decide_prompt(messages, tools)
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        head = decide_head(tools)
+        head_tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
+        if 0 < len(head_tokens) < len(tokens) and tokens[: len(head_tokens)] == head_tokens:
+            self._warm_prefix(llm, tokens, len(head_tokens))
+        self.last_usage = {}
+        t0 = time.perf_counter()
+        kind = self._complete(llm, prompt, kind_grammar_text(kinds), 4, STOP).strip()
+        seconds_kind = time.perf_counter() - t0
+        if kind not in KINDS:  # the grammar allows nothing else; a truncated word reads as a reply
+            kind = "reply"
+        prompt += f" {kind}\n"
+        name = KINDS[kind]
+        if name is None:
+            text = self._complete(llm, prompt + "reply:", None, min(self.settings.max_tokens, 96), ["\n", *STOP]).strip()
+            self.last_decision = {"kind": kind, "seconds_kind": seconds_kind}
+            return PlannerReply(text=text, raw=f"kind: {kind}\nreply: {text}")
+        key = (name, tuple(refs))
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            grammar = arguments_grammar_text(by_name[name], refs)
+            self._grammars = {k: v for k, v in list(self._grammars.items())[-15:]}
+            self._grammars[key] = grammar
+        text = self._complete(llm, prompt + "arguments:", grammar, min(self.settings.max_tokens, 320), STOP).strip()
+        self.last_decision = {"kind": kind, "seconds_kind": seconds_kind}
+        raw = f"kind: {kind}\narguments: {text}"
+        try:
+            args = json.loads(text)
+        except ValueError:
+            return PlannerReply(raw=raw, malformed=[text])
+        return PlannerReply(tool_calls=[ToolCall(name=name, args=args if isinstance(args, dict) else {})], raw=raw)
 
     def _chat_native(self, llm, messages, tools) -> PlannerReply:
         prompt = render_qwen(messages, tools)

@@ -142,7 +142,7 @@ def test_call_schema_of_the_planners_tools_limits_images_to_the_chats_numbers():
     assert by_name["edit_image"]["properties"]["scene"] == {"enum": names}
     assert by_name["edit_image"]["properties"]["bring_in"]["items"] == {"enum": names}
     assert by_name["relight_image"]["properties"]["light"]["enum"] == ["warm", "neutral", "cool"]
-    assert "9:16 tall (phone wallpaper, story, reel)" in by_name["generate_image"]["properties"]["shape"]["enum"]
+    assert "tall (phone wallpaper, story, reel)" in by_name["generate_image"]["properties"]["shape"]["enum"]
 
 
 def test_grammar_accepts_text_or_one_valid_call():
@@ -234,6 +234,7 @@ def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatc
     # a short system text keeps this fast; prepare_prompt and the chat turn both read it from
     # agent.prompting, so they must agree on the prefix
     monkeypatch.setattr("agent.prompting.system_prompt", lambda examples=True: "You are a planner. Use the tools.")
+    monkeypatch.setattr(gguf, "decide_head", lambda tools: "<|im_start|>system\nYou are a planner. " + "Decide. " * 60 + "<|im_end|>\n")
     settings = _real_settings(n_ctx=2048, max_tokens=4)
     seen = []
     info = gguf.prepare_prompt(settings, tmp_path, on_status=seen.append)
@@ -254,3 +255,123 @@ def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatc
     assert planner.prefix_state == "restored" and planner.last_timing["prefix"] == "restored"
     assert calls == []
     assert list((tmp_path / "models" / "prompt-cache").glob("*.state")) == states
+
+
+# -- the two-step decision (kind of request, then that tool's arguments) ----------------------
+
+
+def _two_step_messages(**kw):
+    images = [{"ref": "img_0123abcd", "origin": "generated", "desc": "a castle"},
+              {"ref": "img_4567cdef", "origin": "upload", "desc": "a woman on a sofa"}]
+    return build_messages(history=[], images=images, user_text="warm lamp light from the left on this",
+                          attached=["img_4567cdef"], **kw)
+
+
+def test_decide_prompt_is_the_head_then_the_request_then_kind():
+    from agent.planners.gguf import decide_head, decide_prompt
+    from agent.prompting import load_prompt
+
+    tools = plan_json_schemas()
+    messages = _two_step_messages()
+    prompt = decide_prompt(messages, tools)
+    assert prompt.startswith(decide_head(tools))
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\nkind:")
+    body = prompt[len(decide_head(tools)):]
+    assert "#2 uploaded photo, sent with this message: a woman on a sofa (current)" in body
+    assert "Message: warm lamp light from the left on this" in body
+    assert load_prompt("reminder.md") not in body  # the one-call reminder would contradict the format
+    # a repair exchange of this turn is told after the request, in the same user turn
+    repaired = messages + [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "relight_image", "arguments": '{"image": "#9"}'}}]},
+        {"role": "user", "content": "no image #9 in this chat", "repair": True}]
+    again = decide_prompt(repaired, tools)
+    assert again.count("<|im_start|>user") == 1
+    assert 'relight_image {"image": "#9"}' in again and "no image #9 in this chat" in again
+
+
+def test_arguments_schema_limits_images_to_the_chats_numbers():
+    from agent.planners.gguf import arguments_schema, image_choices
+
+    tools = {t["function"]["name"]: t for t in plan_json_schemas()}
+    refs = image_choices(_two_step_messages())
+    assert refs == ["#1", "#2", "original", "previous"]
+    # two images or more: the image is always named, "current" first (revert: "previous" first)
+    edit = arguments_schema(tools["edit_image"], refs)
+    assert edit["properties"]["scene"] == {"enum": ["current", *refs]}
+    assert edit["properties"]["bring_in"]["items"] == {"enum": refs}
+    assert edit["required"] == ["instruction", "scene"] and edit["additionalProperties"] is False
+    relight = arguments_schema(tools["relight_image"], refs)
+    assert relight["properties"]["direction"]["enum"][0] == "left" and relight["required"] == ["image"]
+    assert arguments_schema(tools["revert"], refs)["properties"]["image"] == {"enum": ["previous", "#1", "#2", "original"]}
+    # one image: nothing to choose, the image may be left out
+    one = ["#1", "original", "previous"]
+    assert arguments_schema(tools["relight_image"], one)["properties"]["image"] == {"enum": one}
+    assert arguments_schema(tools["relight_image"], one)["required"] == []
+    # no image in the chat: no image argument to name
+    assert "image" not in arguments_schema(tools["relight_image"], [])["properties"]
+    assert image_choices(build_messages(history=[], images=[], user_text="hi")) == []
+
+
+def test_two_step_grammars_parse_and_accept_only_their_words():
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python not installed")
+    from agent.planners.gguf import KINDS, arguments_grammar_text, kind_grammar_text
+
+    text = kind_grammar_text(list(KINDS))
+    assert all(f'" {k}"' in text for k in KINDS)
+    llama_grammar.LlamaGrammar.from_string(text, verbose=False)
+    for tool in plan_json_schemas():
+        llama_grammar.LlamaGrammar.from_string(arguments_grammar_text(tool, ["#1", "original", "previous"]),
+                                               verbose=False)
+        llama_grammar.LlamaGrammar.from_string(arguments_grammar_text(tool, []), verbose=False)
+
+
+class _ScriptedLlama:
+    """Stands in for llama_cpp.Llama: records each completion's prompt and grammar, answers from a script."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+        self.n_tokens = 0
+        self._input_ids = []
+
+    def tokenize(self, data, add_bos=False, special=True):
+        return list(data)
+
+    def create_completion(self, tokens, max_tokens, grammar, temperature, top_k, stop):
+        self.calls.append({"prompt": bytes(tokens).decode("utf-8"), "grammar": grammar, "max_tokens": max_tokens})
+        text = self.answers.pop(0)
+        return {"choices": [{"text": text}], "usage": {"prompt_tokens": len(tokens), "completion_tokens": 3}}
+
+
+def _scripted_planner(monkeypatch, answers):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    from agent.planners.gguf import GGUFPlanner
+
+    monkeypatch.setenv("ATELIER_PROMPT_CACHE", "0")
+    planner = GGUFPlanner(_settings(n_ctx=1 << 20))
+    planner._llm = _ScriptedLlama(answers)
+    return planner
+
+
+def test_two_step_names_the_kind_then_writes_that_tools_arguments(monkeypatch):
+    planner = _scripted_planner(monkeypatch, [" light", ' {"direction": "left", "light": "warm"}'])
+    reply = planner.chat(_two_step_messages(), plan_json_schemas())
+    assert [(c.name, c.args) for c in reply.tool_calls] == [("relight_image", {"direction": "left", "light": "warm"})]
+    first, second = planner._llm.calls
+    assert first["prompt"].endswith("kind:") and first["grammar"] is not None
+    # the arguments continue the same assistant turn, under the relight tool's own grammar
+    assert second["prompt"] == first["prompt"] + " light\narguments:" and second["grammar"] is not None
+    assert planner.last_decision["kind"] == "light"
+
+
+def test_two_step_reply_kind_answers_in_words(monkeypatch):
+    planner = _scripted_planner(monkeypatch, [" reply", " Hi! What would you like to make?"])
+    reply = planner.chat(build_messages(history=[], images=[], user_text="hello"), plan_json_schemas())
+    assert reply.tool_calls == [] and reply.text == "Hi! What would you like to make?"
+    assert planner._llm.calls[1]["grammar"] is None and planner._llm.calls[1]["prompt"].endswith(" reply\nreply:")
+
+
+def test_two_step_cut_off_arguments_go_back_as_malformed(monkeypatch):
+    planner = _scripted_planner(monkeypatch, [" content", ' {"instruction": "add a h'])
+    reply = planner.chat(_two_step_messages(), plan_json_schemas())
+    assert reply.tool_calls == [] and reply.malformed == ['{"instruction": "add a h']
