@@ -56,6 +56,8 @@ class PlannerSettings(BaseModel):
     # gguf: "two-step" (the kind of request as one word, then that tool's arguments, both under a
     # grammar: agent.planners.gguf.KINDS) or "one-call" (one free <tool_call> reply)
     decide: Literal["two-step", "one-call"] = "two-step"
+    # two-step: added to the logits of "}" while writing the arguments (a prior for fewer of them)
+    close_bias: float = 0.0
     # transformers / openai
     model: str | None = None
     base_url: str | None = None

@@ -299,7 +299,7 @@ def test_arguments_schema_limits_images_to_the_chats_numbers():
     edit = arguments_schema(tools["edit_image"], refs)
     assert edit["properties"]["scene"] == {"enum": ["current", *refs]}
     assert edit["properties"]["bring_in"]["items"] == {"enum": refs}
-    assert edit["required"] == ["instruction", "scene"] and edit["additionalProperties"] is False
+    assert edit["required"] == ["instruction", "bring_in", "scene"] and edit["additionalProperties"] is False
     relight = arguments_schema(tools["relight_image"], refs)
     assert relight["properties"]["direction"]["enum"][0] == "left" and relight["required"] == ["image"]
     assert arguments_schema(tools["revert"], refs)["properties"]["image"] == {"enum": ["previous", "#1", "#2", "original"]}
@@ -354,14 +354,14 @@ def _scripted_planner(monkeypatch, answers):
 
 
 def test_two_step_names_the_kind_then_writes_that_tools_arguments(monkeypatch):
-    planner = _scripted_planner(monkeypatch, [" light", ' {"direction": "left", "light": "warm"}'])
+    planner = _scripted_planner(monkeypatch, [" relight", ' {"direction": "left", "light": "warm"}'])
     reply = planner.chat(_two_step_messages(), plan_json_schemas())
     assert [(c.name, c.args) for c in reply.tool_calls] == [("relight_image", {"direction": "left", "light": "warm"})]
     first, second = planner._llm.calls
     assert first["prompt"].endswith("kind:") and first["grammar"] is not None
     # the arguments continue the same assistant turn, under the relight tool's own grammar
-    assert second["prompt"] == first["prompt"] + " light\narguments:" and second["grammar"] is not None
-    assert planner.last_decision["kind"] == "light"
+    assert second["prompt"] == first["prompt"] + " relight\narguments:" and second["grammar"] is not None
+    assert planner.last_decision["kind"] == "relight"
 
 
 def test_two_step_reply_kind_answers_in_words(monkeypatch):
@@ -372,6 +372,6 @@ def test_two_step_reply_kind_answers_in_words(monkeypatch):
 
 
 def test_two_step_cut_off_arguments_go_back_as_malformed(monkeypatch):
-    planner = _scripted_planner(monkeypatch, [" content", ' {"instruction": "add a h'])
+    planner = _scripted_planner(monkeypatch, [" edit", ' {"instruction": "add a h'])
     reply = planner.chat(_two_step_messages(), plan_json_schemas())
     assert reply.tool_calls == [] and reply.malformed == ['{"instruction": "add a h']

@@ -79,3 +79,54 @@ def test_a_model_flag_does_not_switch_the_face_check_off(make_app, group_photo):
     done = s.resume(True)
     [edit] = done.tool_calls
     assert edit.result.faces and edit.result.attempts == 1  # measured, not retried towards the old faces
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_the_scenario_with_the_real_offline_planner(tmp_path):
+    """Issue 13's scenario, decided by the real GGUF planner (two-step) on the tiny engines: a
+    generated picture, then a photo uploaded with "relight this like golden hour from the left"
+    relights that photo (no revert) with a plain answer, then "make her smile" edits the image
+    on screen after consent and checks its face."""
+    import io
+
+    from agent_helpers import tiny_overrides
+
+    from agent.config import load_profile
+    from agent.planners import gguf_assets
+    from agent.planners.gguf import GGUFPlanner
+    from agent.session import Atelier
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (extra offline-llm)")
+    skimage_data = pytest.importorskip("skimage.data")
+    settings = load_profile("offline").planner
+    path = gguf_assets.find_gguf(settings)
+    if path is None:
+        pytest.skip("planner GGUF not assembled (run `make model`)")
+    from PIL import Image
+
+    buf = io.BytesIO()  # one woman, facing the camera (scikit-image's bundled portrait)
+    Image.fromarray(skimage_data.astronaut()).resize((256, 256)).save(buf, format="JPEG", quality=92)
+    app = Atelier("tiny", tiny_overrides(tmp_path, identity={"max_attempts": 1}),
+                  planner=GGUFPlanner(settings, model_path=str(path)))
+    try:
+        s = app.session("t-real")
+        first = s.send("a lighthouse at dusk")
+        assert [c.name for c in first.tool_calls] == ["generate_image"], first.answer
+        relit = s.send("relight this like golden hour from the left", images=[buf.getvalue()])
+        upload = s.history()[1].ref
+        assert [c.name for c in relit.tool_calls] == ["relight_image"], relit.answer
+        call = relit.tool_calls[0]
+        assert call.args["image"] == upload and call.args.get("direction") == "left"
+        assert relit.answer.startswith("I relit #2") and "img_" not in relit.answer
+        asked = s.send("make her smile")
+        assert asked.consent is not None, asked.answer
+        assert asked.consent.call["name"] == "edit_image"
+        assert asked.consent.call["args"]["image"] == relit.images[0].ref
+        done = s.resume(True)
+        [edit] = done.tool_calls
+        assert edit.args["image"] == relit.images[0].ref and edit.args.get("preserve_identity", True)
+        source_faces = app.services.analyzer.faces(app.store.open(relit.images[0].ref))
+        assert len(edit.result.faces) == len(source_faces)  # every face of the source checked
+    finally:
+        app.close()
