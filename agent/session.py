@@ -34,7 +34,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from langgraph.types import Command
@@ -55,10 +55,18 @@ from tools.store import LOCAL_USER, ImageStore, ImageVersion, OwnedImages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Atelier", "Session", "TurnEvent", "TurnResult", "EventKind", "thread_key"]
+__all__ = ["Atelier", "Session", "NamedImage", "TurnEvent", "TurnResult", "EventKind", "thread_key"]
 
 
-ImageInput = str | bytes | os.PathLike
+class NamedImage(NamedTuple):
+    """An image with the file name the person gave it (a chat app's temporary copy of an
+    attachment): errors name `filename`, never the temporary path."""
+
+    data: str | bytes | os.PathLike
+    filename: str | None = None
+
+
+ImageInput = str | bytes | os.PathLike | NamedImage
 
 
 def open_checkpointer(url: str):
@@ -264,32 +272,35 @@ class Session:
         """Bring an image into this conversation without a turn (MCP `upload_image`, API uploads):
         the same checks as an upload sent with a message (rate limit, validation, the upload
         screen, the audit log). A refused image is not stored (`RefusedError`)."""
-        from tools.store import decode_upload
+        from tools.store import decode_upload, upload_name
 
         self.app.limiter.hit(self.rate_key)
+        if isinstance(data, NamedImage):
+            data, filename = data.data, filename or data.filename
         if isinstance(data, str) and is_ref(data):
             return self.version(self._ingest(data))
         if isinstance(data, (str, os.PathLike)):
             from tools.store import read_upload_file
 
             filename = filename or Path(data).name or os.fspath(data)
-            data = read_upload_file(data, self.images.limits, name=Path(filename).name)  # bounded, regular files only
+            data = read_upload_file(data, self.images.limits, name=upload_name(filename))  # bounded, regular files only
         if not isinstance(data, (bytes, bytearray)):
             raise BadImageError(f"cannot read an image from a {type(data).__name__}")
-        name = Path(filename).name if filename else "upload"
+        name = upload_name(filename)
+        filename = Path(filename).name if filename else None
         image = decode_upload(bytes(data), self.images.limits, name=name)
         services = self.app.services
         decision = services.image_screener.screen(image)
         record = decision.model_dump(mode="json") if hasattr(decision, "model_dump") else vars(decision)
         try:
             services.audit.record("upload_screen", user_id=self.user_id, thread_id=self.key,
-                                  filename=name, decision=record)
+                                  filename=filename, decision=record)
         except Exception:  # noqa: BLE001 - the audit log never breaks an upload
             log.exception("audit log write failed (upload_screen)")
         if decision.decision == "refuse":
             raise RefusedError(f"{name}: this image cannot be used here ({decision.reason})",
                                category=decision.category)
-        return self.images.ingest(bytes(data), filename=name, session=self.key)
+        return self.images.ingest(bytes(data), filename=filename, session=self.key)
 
     def messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI-style messages (what the planner's history is built from)."""
@@ -426,6 +437,11 @@ class Session:
 
     def _ingest(self, item: ImageInput) -> str:
         store = self.images
+        if isinstance(item, NamedImage):
+            if not isinstance(item.data, (bytes, bytearray, str, os.PathLike)):
+                raise BadImageError(f"cannot read an image from a {type(item.data).__name__}")
+            data = bytes(item.data) if isinstance(item.data, (bytes, bytearray)) else item.data
+            return store.ingest(data, filename=item.filename, session=self.key).ref
         if isinstance(item, str) and is_ref(item):
             version = store.get(item)  # UnknownRefError when it is not there, or not this user's
             if version.session != self.key and item not in {v.ref for v in self.history()}:

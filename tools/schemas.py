@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -200,11 +201,105 @@ def validate_call(name: str, args: dict[str, Any] | None) -> ToolArgs:
     try:
         return model.model_validate(args)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "arguments"
-            problems.append(f"{where}: {e['msg']}")
-        raise ToolArgumentError(f"{name}: " + "; ".join(problems)) from None
+        raise ToolArgumentError(f"{name}: {describe_validation_error(err, model)}") from None
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic error of `model` as sentences a person reads, one per problem, each naming the
+    argument and what it takes, from the error (type, loc, ctx) and the field's declaration:
+    "exposure_ev must be a number from -3 to 3 (got 'banana')",
+    "direction must be one of left, right, ... (got 'sideways')". Unknown kinds keep pydantic's text."""
+    problems: list[str] = []
+    for e in err.errors():
+        line = _describe_problem(e, model)
+        if line not in problems:
+            problems.append(line)
+    return "; ".join(problems)
+
+
+_NUMBER_ERRORS = {"float_parsing", "float_type", "int_parsing", "int_type", "int_from_float", "finite_number",
+                  "greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing_size"}
+
+
+def _describe_problem(e: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = [str(p) for p in e.get("loc", ())]
+    kind, ctx = e.get("type", ""), e.get("ctx") or {}
+    key = loc[0] if loc else "arguments"
+    field = model.model_fields.get(key)
+    got = f" (got {_shown(e.get('input'))})"
+    if kind == "missing" and len(loc) == 1:
+        return f"{key} is required"
+    if kind == "extra_forbidden":
+        return f"{key} is not an argument here; the arguments are {', '.join(model.model_fields)}"
+    if field is None:
+        return f"{'.'.join(loc) or 'arguments'}: {e.get('msg', 'invalid')}"
+    kinds = _kinds(field.annotation)
+    if tuple in kinds and (len(loc) > 1 or kind == "tuple_type"):
+        size = next((len(get_args(a)) for a in _members(field.annotation) if get_origin(a) is tuple), 0)
+        what = f" ({field.description})" if field.description else ""
+        return f"{key} must be {size} numbers{what}{got}"
+    if kind == "value_error":
+        text = str(ctx.get("error") or e.get("msg", "")).removeprefix("Value error, ")
+        return text if text.startswith(key) else f"{key}: {text}"
+    if kind == "literal_error":
+        return f"{key} must be one of {', '.join(map(str, _choices(field.annotation)))}{got}"
+    if kind in _NUMBER_ERRORS:
+        whole = "int" in kind or (int in kinds and float not in kinds)
+        return f"{key} must be {'a whole number' if whole else 'a number'}{_range(field)}{got}"
+    if kind.startswith("bool"):
+        return f"{key} must be true or false{got}"
+    if kind == "string_too_long":
+        return f"{key} must be at most {ctx.get('max_length')} characters (got {len(str(e.get('input', ''))):,})"
+    if kind == "string_too_short":
+        least = ctx.get("min_length", 1)
+        return f"{key} must not be empty" if least == 1 else f"{key} must be at least {least} characters{got}"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern")
+        like = "an image ref like img_3f9a2c1b" if pattern == REF_PATTERN else f"text matching {pattern}"
+        return f"{key}{' items' if len(loc) > 1 else ''} must be {like}{got}"
+    if kind == "too_long":
+        return f"{key} takes at most {ctx.get('max_length')} items (got {ctx.get('actual_length')})"
+    if kind == "string_type":
+        return f"{key} must be text{got}"
+    return f"{'.'.join(loc)}: {e.get('msg', 'invalid')}"
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation allows, Optional, unions and Annotated unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for a in get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    return {get_origin(a) or a for a in _members(annotation)}
+
+
+def _choices(annotation: Any) -> list[Any]:
+    return [c for a in _members(annotation) if get_origin(a) is Literal for c in get_args(a)]
+
+
+def _range(field: Any) -> str:
+    """" from -3 to 3", " at least 0", " above 0 and at most 4"... or "" from a field's bounds."""
+    bounds = {k: _number(getattr(m, k)) for m in field.metadata for k in ("ge", "gt", "le", "lt")
+              if getattr(m, k, None) is not None}
+    if "ge" in bounds and "le" in bounds:
+        return f" from {bounds['ge']} to {bounds['le']}"
+    words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+    parts = [f"{words[k]} {v}" for k, v in bounds.items()]
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _shown(value: Any) -> str:
+    """A bad value as the error quotes it: text in quotes, at most ~40 characters."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def storable(value: Any) -> Any:

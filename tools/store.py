@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -135,7 +136,65 @@ def resize_note(version: ImageVersion) -> str | None:
             f"stored and edited at {version.width}x{version.height}")
 
 
-def decode_upload(data: bytes, limits: LimitSettings, *, name: str = "upload", fit: bool = True) -> Image.Image:
+UPLOAD_NAME = "the uploaded file"  # how errors name an upload whose own file name is not known
+
+
+def upload_name(filename: str | os.PathLike | None) -> str:
+    """How errors name an upload: the person's own file name (its last part), else `UPLOAD_NAME`."""
+    name = Path(os.fspath(filename)).name if filename else ""
+    return name or UPLOAD_NAME
+
+
+def _pixels(count: int, *, up: bool = False) -> str:
+    """A pixel count as a person reads it: "144 MP", "50.1 MP"; small counts in pixels. `up`
+    rounds up, so an image over a limit never reads as equal to it."""
+    if count < 100_000:
+        return f"{count:,} pixels"
+    tenths = math.ceil(count / 100_000) if up else round(count / 100_000)
+    return f"{tenths / 10:g} MP"
+
+
+def too_large_message(name: str, width: int, height: int, limits: LimitSettings) -> str:
+    """Which hard limit an image of `width` x `height` is over, in one line: "photo.png:
+    12000×12000 px = 144 MP; the limit is 50 MP", or its longest side against `max_side`."""
+    size = f"{name}: {width}×{height} px"
+    over_pixels, side = width * height > limits.max_pixels, max(width, height)
+    if over_pixels and side > limits.max_side:
+        return (f"{size} = {_pixels(width * height, up=True)} and its longest side is {side} px; "
+                f"the limits are {_pixels(limits.max_pixels)} and {limits.max_side} px a side")
+    if over_pixels:
+        return f"{size} = {_pixels(width * height, up=True)}; the limit is {_pixels(limits.max_pixels)}"
+    return f"{size}; its longest side is {side} px; the limit is {limits.max_side} px"
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height a PNG, JPEG or WebP header declares, read past PIL's bomb guard (the
+    format plugins read the header only; `Image.open` refuses before its size can be seen)."""
+    Image.init()
+    for fmt in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or (accept is not None and not accept(data[:16])):
+            continue
+        try:
+            with factory(io.BytesIO(data), None) as probe:
+                return probe.size
+        except Exception:  # noqa: BLE001 - then the line says less
+            continue
+    return None
+
+
+def _bomb_message(name: str, data: bytes, err: Exception, limits: LimitSettings) -> str:
+    """PIL's decompression-bomb refusal as the hard limit the image is over (with its size from
+    the header, else the pixel count PIL gives: its WebP reader refuses inside the header read)."""
+    size = _header_size(data)
+    if size is not None:
+        return too_large_message(name, *size, limits)
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    count = f" is {_pixels(int(found.group(1)), up=True)}" if found else " has too many pixels"
+    return f"{name}: the image{count}; the limit is {_pixels(limits.max_pixels)}"
+
+
+def decode_upload(data: bytes, limits: LimitSettings, *, name: str = UPLOAD_NAME, fit: bool = True) -> Image.Image:
     """Validate and decode uploaded bytes; raise BadImageError with one readable line.
 
     With `fit`, an image over the working budget (`max_working_pixels`, `max_working_side`) is
@@ -153,8 +212,8 @@ def decode_upload(data: bytes, limits: LimitSettings, *, name: str = "upload", f
         probe = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise BadImageError(f"{name}: not an image Atelier can read (use PNG, JPEG or WebP)") from None
-    except Image.DecompressionBombError:
-        raise BadImageError(f"{name}: too many pixels (possible decompression bomb)") from None
+    except Image.DecompressionBombError as err:
+        raise BadImageError(_bomb_message(name, data, err, limits)) from None
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad upload
         raise BadImageError(f"{name}: unreadable image ({err})") from None
     fmt = probe.format or "?"
@@ -162,10 +221,7 @@ def decode_upload(data: bytes, limits: LimitSettings, *, name: str = "upload", f
         raise BadImageError(f"{name}: {fmt} images are not supported; use PNG, JPEG or WebP")
     width, height = probe.size
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        raise BadImageError(
-            f"{name}: {width}x{height} is too large (limit {limits.max_pixels / 1e6:.0f} MP, "
-            f"{limits.max_side} px a side)"
-        )
+        raise BadImageError(too_large_message(name, width, height, limits))
     if width < 8 or height < 8:
         raise BadImageError(f"{name}: {width}x{height} is too small (at least 8x8)")
     target = working_size(width, height, limits) if fit else (width, height)
@@ -175,8 +231,8 @@ def decode_upload(data: bytes, limits: LimitSettings, *, name: str = "upload", f
         if target != (width, height) and fmt == "JPEG":
             image.draft(image.mode, target)  # decode at 1/2, 1/4 or 1/8 scale, still >= target
         image.load()  # full decode: truncated files fail here
-    except Image.DecompressionBombError:
-        raise BadImageError(f"{name}: too many pixels (possible decompression bomb)") from None
+    except Image.DecompressionBombError as err:
+        raise BadImageError(_bomb_message(name, data, err, limits)) from None
     except Exception as err:  # noqa: BLE001
         reason = "the file is truncated or corrupt" if "truncat" in str(err).lower() else f"corrupt image ({err})"
         raise BadImageError(f"{name}: {reason}") from None
@@ -321,12 +377,13 @@ class ImageStore:
         """Validate an upload and store it as a root version (origin `upload`)."""
         if isinstance(data, (str, os.PathLike)):
             filename = filename or Path(data).name or os.fspath(data)
-            data = read_upload_file(data, self.limits, name=Path(filename).name)
-        name = Path(filename).name if filename else "upload"
+            data = read_upload_file(data, self.limits, name=upload_name(filename))
+        name = upload_name(filename)
         image = decode_upload(data, self.limits, name=name)
         resized_from = image.info.get("resized_from")
         metadata = {"resized_from": resized_from} if resized_from else None
-        return self.put(image, session=session, origin="upload", filename=name, owner=owner, metadata=metadata)
+        return self.put(image, session=session, origin="upload", filename=Path(filename).name if filename else None,
+                        owner=owner, metadata=metadata)
 
     def put(
         self,

@@ -625,7 +625,11 @@ class GGUFPlanner(ChatModel):
         bias = float(getattr(self.settings, "close_bias", 0.0) or 0.0)
         if not bias:
             return None
-        ids = {t for text in ("}", " }") for t in llm.tokenize(text.encode(), add_bos=False, special=False)[:1]}
+        ids = set()
+        for text in ("}", " }", '"}', '"]}', "]}", " ]}"):  # what closes the object after any value
+            tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+            if len(tokens) == 1:
+                ids.add(tokens[0])
         return {t: bias for t in ids}
 
     def _complete(self, llm, prompt: str, grammar_text: str | None, max_tokens: int, stop: list[str],

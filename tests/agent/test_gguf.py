@@ -337,18 +337,19 @@ class _ScriptedLlama:
     def tokenize(self, data, add_bos=False, special=True):
         return list(data)
 
-    def create_completion(self, tokens, max_tokens, grammar, temperature, top_k, stop):
-        self.calls.append({"prompt": bytes(tokens).decode("utf-8"), "grammar": grammar, "max_tokens": max_tokens})
+    def create_completion(self, tokens, max_tokens, grammar, temperature, top_k, stop, logit_bias=None):
+        self.calls.append({"prompt": bytes(tokens).decode("utf-8"), "grammar": grammar, "max_tokens": max_tokens,
+                           "logit_bias": logit_bias})
         text = self.answers.pop(0)
         return {"choices": [{"text": text}], "usage": {"prompt_tokens": len(tokens), "completion_tokens": 3}}
 
 
-def _scripted_planner(monkeypatch, answers):
+def _scripted_planner(monkeypatch, answers, **settings):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
     from agent.planners.gguf import GGUFPlanner
 
     monkeypatch.setenv("ATELIER_PROMPT_CACHE", "0")
-    planner = GGUFPlanner(_settings(n_ctx=1 << 20))
+    planner = GGUFPlanner(_settings(n_ctx=1 << 20, **settings))
     planner._llm = _ScriptedLlama(answers)
     return planner
 
@@ -375,3 +376,14 @@ def test_two_step_cut_off_arguments_go_back_as_malformed(monkeypatch):
     planner = _scripted_planner(monkeypatch, [" edit", ' {"instruction": "add a h'])
     reply = planner.chat(_two_step_messages(), plan_json_schemas())
     assert reply.tool_calls == [] and reply.malformed == ['{"instruction": "add a h']
+
+
+def test_close_bias_favours_closing_the_arguments_only_while_writing_them(monkeypatch):
+    planner = _scripted_planner(monkeypatch, [" adjust", ' {"exposure_ev": 1}'], close_bias=2.5)
+    planner.chat(_two_step_messages(), plan_json_schemas())
+    kind, args = planner._llm.calls
+    assert kind["logit_bias"] is None
+    assert args["logit_bias"] == {ord("}"): 2.5}  # the scripted tokenizer has one token per byte
+    off = _scripted_planner(monkeypatch, [" adjust", ' {"exposure_ev": 1}'])
+    off.chat(_two_step_messages(), plan_json_schemas())
+    assert off._llm.calls[1]["logit_bias"] is None

@@ -58,14 +58,14 @@ def test_nan_in_a_slash_command_is_refused_by_the_contract(make_app):
     assert made.images
     result = session.send("/adjust exposure=nan")
     assert result.error.code == "bad_arguments"
-    assert result.error.message == "adjust_image: exposure_ev: Input should be a finite number"
+    assert result.error.message == "adjust_image: exposure_ev must be a number from -3 to 3 (got 'nan')"
     assert session.send("/adjust exposure=+1").images  # the session goes on
 
 
 @pytest.mark.parametrize("args, problem", [
-    ({"prompt": "x", "seed": 10**30}, "seed: Input should be less than or equal to 4294967295"),
-    ({"prompt": "x", "seed": float("nan")}, "seed: Input should be a valid integer"),
-    ({"prompt": "x", "count": float("inf")}, "count: Input should be a valid integer"),
+    ({"prompt": "x", "seed": 10**30}, "seed must be a whole number from 0 to 4294967295 (got '1000000000"),
+    ({"prompt": "x", "seed": float("nan")}, "seed must be a whole number from 0 to 4294967295 (got 'nan')"),
+    ({"prompt": "x", "count": float("inf")}, "count must be a whole number from 1 to 4 (got 'inf')"),
 ])
 def test_unstorable_numbers_in_a_direct_call_are_argument_errors_not_crashes(make_app, args, problem):
     session = make_app(ScriptedModel()).session("call-numbers")
@@ -82,10 +82,29 @@ def test_a_planner_that_asks_for_seed_10_to_the_30_gets_a_readable_answer(make_a
     result = session.send("a fox with a very big seed")
     said = [m["content"] for m in session.messages()]
     # the plan step's check asks the model to correct the first call, with the bound in the words
-    assert any("seed: Input should be less than or equal to 4294967295" in text for text in said)
+    assert any("seed must be a whole number from 0 to 4294967295" in text for text in said)
     # the corrected call (seed=inf) cannot run either: after the one repair round the turn answers
     # with the problem in plain words, and nothing ran
     assert result.error is None and result.tool_calls == [] and result.images == []
-    assert result.answer == "Sorry, I could not do that: generate_image: seed: Input should be a finite number."
+    assert result.answer == ("Sorry, I could not do that: generate_image: seed must be a whole number "
+                             "from 0 to 4294967295 (got inf).")
     assert result.planner_calls == 2 and len(planner.calls) == 2
     assert said[-1] == result.answer  # every checkpoint of the turn was written
+
+
+@pytest.mark.parametrize("command, message", [
+    ("/adjust exposure=banana", "adjust_image: exposure_ev must be a number from -3 to 3 (got 'banana')"),
+    ("/adjust contrast=9", "adjust_image: contrast must be a number from 0 to 3 (got 9)"),
+    ("/relight direction=sideways",
+     "relight_image: direction must be one of left, right, front, back, top, bottom, top-left, top-right "
+     "(got 'sideways')"),
+    ("/generate a fox count=two", "generate_image: count must be a whole number from 1 to 4 (got 'two')"),
+    ("/adjust glow=3", "adjust_image: glow is not an argument here; the arguments are image, exposure_ev, "
+                       "white_balance_k, contrast, saturation, rotate_deg, crop"),
+])
+def test_a_bad_slash_argument_is_one_sentence_naming_it_and_what_it_takes(make_app, command, message):
+    session = make_app(ScriptedModel()).session("slash-words")
+    assert session.send("/generate a lighthouse").images
+    result = session.send(command)
+    assert result.error.code == "bad_arguments" and result.error.message == message
+    assert "Input should" not in result.error.message and "\n" not in result.error.message

@@ -145,3 +145,22 @@ def test_bad_upload_raises_before_anything_runs(make_app):
     with pytest.raises(UnknownRefError):
         session.send("edit this", images=["img_00000000aaaa"])
     assert planner.calls == [] and session.history() == []
+
+
+def test_an_attachment_is_named_by_its_own_file_name(make_app, tmp_path):
+    from agent.session import NamedImage
+
+    planner = ScriptedModel()
+    session = make_app(planner).session("t-named")
+    copy = tmp_path / "62262bce-3b1f-4c55-9c0e-6f1a2b3c4d5e.png"  # the chat app's copy of the file
+    copy.write_bytes(b"just some notes")
+    with pytest.raises(BadImageError) as err:
+        session.send("edit this", images=[NamedImage(copy, "cat.png")])
+    assert str(err.value) == "cat.png: not an image Atelier can read (use PNG, JPEG or WebP)"
+    with pytest.raises(BadImageError) as err:  # bytes without a name
+        session.send("edit this", images=[b"just some notes"])
+    assert str(err.value) == "the uploaded file: not an image Atelier can read (use PNG, JPEG or WebP)"
+    with pytest.raises(BadImageError) as err:
+        session.upload(b"just some notes")
+    assert str(err.value).startswith("the uploaded file: ")
+    assert planner.calls == [] and session.history() == []

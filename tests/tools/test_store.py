@@ -170,7 +170,7 @@ BAD_UPLOADS = {
     "bmp": (lambda: _encode(_gradient(), "BMP"), "BMP images are not supported"),
     "truncated_png": (lambda: _png(_gradient(256, 256))[:600], "truncated or corrupt"),
     "truncated_jpeg": (lambda: _encode(_gradient(256, 256), "JPEG")[:700], "truncated or corrupt"),
-    "bomb": (_bomb, "decompression bomb"),
+    "bomb": (_bomb, "20000×20000 px = 400 MP and its longest side is 20000 px; the limits are 50 MP and 12000 px"),
     "tiny": (lambda: _png(Image.new("RGB", (4, 4))), "too small"),
 }
 
@@ -197,8 +197,44 @@ def test_upload_byte_limit(tmp_path):
 
 def test_pixel_limit_is_configurable(tmp_path):
     store = ImageStore(tmp_path, LimitSettings(max_pixels=1000))
-    with pytest.raises(BadImageError, match="too large"):
-        store.ingest(_png(_gradient(48, 32)))
+    with pytest.raises(BadImageError) as err:
+        store.ingest(_png(_gradient(48, 32)), filename="small.png")
+    assert str(err.value) == "small.png: 48×32 px = 1,536 pixels; the limit is 1,000 pixels"
+
+
+@pytest.mark.parametrize("size, fmt, message", [
+    ((12_000, 12_000), "PNG", "photo: 12000×12000 px = 144 MP; the limit is 50 MP"),  # PIL's bomb guard
+    ((7072, 7072), "PNG", "photo: 7072×7072 px = 50.1 MP; the limit is 50 MP"),  # never "50 MP; limit 50 MP"
+    ((8000, 7000), "JPEG", "photo: 8000×7000 px = 56 MP; the limit is 50 MP"),
+    ((8000, 7000), "WEBP", "photo: the image is 56 MP; the limit is 50 MP"),  # PIL's WebP reader hides the size
+    ((13_000, 16), "PNG", "photo: 13000×16 px; its longest side is 13000 px; the limit is 12000 px"),
+])
+def test_an_image_over_a_hard_limit_says_which_limit(store, size, fmt, message):
+    data = _encode(Image.new("L" if fmt != "PNG" else "1", size), fmt)
+    with pytest.raises(BadImageError) as err:
+        store.ingest(data, filename="/tmp/x/photo")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: b"hello, I am not an image\n", "the uploaded file: not an image Atelier can read (use PNG, JPEG or WebP)"),
+    (lambda: _png(Image.new("RGB", (4, 4))), "the uploaded file: 4x4 is too small (at least 8x8)"),
+])
+def test_an_upload_without_a_file_name_is_the_uploaded_file(store, make, message):
+    with pytest.raises(BadImageError) as err:
+        store.ingest(make())
+    assert str(err.value) == message
+
+
+def test_an_upload_is_named_by_the_file_name_given_not_its_path(store, tmp_path):
+    copy = tmp_path / "62262bce-3b1f-4c55-9c0e-6f1a2b3c4d5e.png"  # a chat app's copy of an attachment
+    copy.write_bytes(b"not an image at all")
+    with pytest.raises(BadImageError) as err:
+        store.ingest(copy, filename="holiday photo.png")
+    assert str(err.value) == "holiday photo.png: not an image Atelier can read (use PNG, JPEG or WebP)"
+    copy.write_bytes(_png(_gradient()))
+    assert store.ingest(copy, filename="holiday photo.png").filename == "holiday photo.png"
+    assert store.ingest(_png(_gradient(40, 30))).filename is None  # no made-up name is stored
 
 
 def test_missing_file_is_a_clear_error(store, tmp_path):

@@ -17,7 +17,7 @@ import os
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chainlit as cl
 from chainlit.config import config as cl_config
@@ -34,6 +34,9 @@ from tools.errors import AtelierError, RateLimitedError
 from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
 from ui.chat_app import render
 from ui.chat_app.data_layer import LocalStorageClient, build_data_layer, install_file_route
+
+if TYPE_CHECKING:
+    from agent.session import NamedImage
 
 log = logging.getLogger("atelier.chat")
 
@@ -370,7 +373,7 @@ async def _ask_consent(consent: ConsentQuestion) -> bool | None:
     return bool((answer.get("payload") or {}).get("approved"))
 
 
-async def _run_turn(session, text: str, images: list[str]) -> None:
+async def _run_turn(session, text: str, images: list[NamedImage]) -> None:
     view = TurnView()
     try:
         async for event in session.astream(text, images=images):
@@ -455,8 +458,11 @@ async def _say_failure(err: BaseException) -> None:
     await cl.Message(content=text, author="Atelier").send()
 
 
-def _attachments(message: cl.Message) -> tuple[list[str], list[str]]:
-    """Paths of the usable images of a message, and a line for each file that is not usable."""
+def _attachments(message: cl.Message) -> tuple[list[NamedImage], list[str]]:
+    """The usable images of a message (Chainlit's copy, with the name the person's file had, so
+    errors never show the copy's uuid name), and a line for each file that is not usable."""
+    from agent.session import NamedImage
+
     paths, problems = [], []
     for element in message.elements or []:
         path = getattr(element, "path", None)
@@ -466,7 +472,7 @@ def _attachments(message: cl.Message) -> tuple[list[str], list[str]]:
         if problem:
             problems.append(problem)
         elif path:
-            paths.append(path)
+            paths.append(NamedImage(path, element.name or None))
     return paths, problems
 
 
