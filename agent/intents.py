@@ -28,7 +28,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from agent.resolver import Facts, resolve_images
 from tools.errors import ToolArgumentError
-from tools.schemas import AspectRatio, Direction, Shot, Softness, function_schemas, validate_call
+from tools.schemas import (AspectRatio, Direction, Shot, Softness, describe_validation_error, function_schemas,
+                           validate_call)
 
 ImageChoice = str | None
 _IMAGE = Field(None, json_schema_extra={"x-image": True})  # a grammar limits it to the chat's numbers
@@ -251,12 +252,8 @@ def _read(name: str, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
         friendly["zoom"] = contract.pop("zoom")  # "zoom": "out" is the friendly one
     try:
         planned = model.model_validate(friendly).model_dump(exclude_none=True)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "arguments"
-            problems.append(f"{where}: {e['msg']}")
-        raise ToolArgumentError(f"{name}: " + "; ".join(problems)) from None
+    except ValidationError as err:  # the same sentences as the contract's errors
+        raise ToolArgumentError(f"{name}: {describe_validation_error(err, model)}") from None
     return planned, contract
 
 

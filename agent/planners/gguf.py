@@ -1,6 +1,12 @@
 """The offline default planner: Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K_M) through llama.cpp.
 
-Two ways to get tool calls out of it (`planner.chat_format`):
+A new request is decided in two steps by default (`planner.decide: two-step`, see `KINDS`): the
+kind of request as one word, then that tool's arguments as one JSON object, each under a llama.cpp
+grammar (the second made from that tool's schema alone, with the chat's image numbers), in one
+assistant turn of the prompt `prompts/planner/decide.md` sets up. `planner.decide: one-call`
+keeps the free reply below.
+
+Two ways to get a free reply out of it (`planner.chat_format`):
 
 - `qwen` (default): the conversation is rendered with Qwen's own chat template (tools listed in
   `<tools>` in the system turn, earlier calls replayed as `<tool_call>` blocks, tool results as

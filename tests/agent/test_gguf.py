@@ -234,7 +234,7 @@ def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatc
     # a short system text keeps this fast; prepare_prompt and the chat turn both read it from
     # agent.prompting, so they must agree on the prefix
     monkeypatch.setattr("agent.prompting.system_prompt", lambda examples=True: "You are a planner. Use the tools.")
-    monkeypatch.setattr(gguf, "decide_head", lambda tools: "<|im_start|>system\nYou are a planner. " + "Decide. " * 60 + "<|im_end|>\n")
+    monkeypatch.setattr(gguf, "decide_head", lambda tools: "<|im_start|>system\nYou are a planner. " + "Decide. " * 200 + "<|im_end|>\n")  # over one prefill chunk
     settings = _real_settings(n_ctx=2048, max_tokens=4)
     seen = []
     info = gguf.prepare_prompt(settings, tmp_path, on_status=seen.append)
