@@ -58,8 +58,6 @@ class PlannerSettings(BaseModel):
     decide: Literal["two-step", "one-call"] = "two-step"
     # two-step: added to the logits of "}" while writing the arguments (a prior for fewer of them)
     close_bias: float = 0.0
-    # two-step: with several images, offer them by what they show ("a red car (#2)"), not by number
-    image_labels: bool = True
     # transformers / openai
     model: str | None = None
     base_url: str | None = None

@@ -29,7 +29,6 @@ import ctypes
 import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -313,36 +312,9 @@ def _image_prop(prop: dict[str, Any]) -> bool:
         {"enum": ["x"]}, {"type": "array", "items": {"enum": ["x"]}, "maxItems": 3})
 
 
-_IMAGE_LINE = re.compile(r"^#(\d+) ([^:\n]*?)(?:: (.*?))?(?: \(current\))?$", re.M)
-LABEL_WORDS = 12
-
-
-def image_labels(messages: list[dict[str, Any]]) -> dict[str, str]:
-    """"#n" -> how the arguments grammar offers that image when the chat has several: what it
-    shows first, its number last ("a concert stage with a band playing (#2)"). A small model
-    picks a number it has to look up badly; here the first tokens it writes are the match."""
-    first = next((m for m in messages if m.get("role") == "user"), None)
-    block = str((first or {}).get("content") or "").split("\n\n", 1)[0]
-    labels = {}
-    for m in _IMAGE_LINE.finditer(block):
-        words = re.sub(r'["\\]', "", m.group(3) or m.group(2)).split()[:LABEL_WORDS]
-        labels[f"#{m.group(1)}"] = " ".join(words).rstrip(",.;:") + f" (#{m.group(1)})"
-    return labels
-
-
-def _unlabel(value: Any, labels: dict[str, str]) -> Any:
-    back = {label: ref for ref, label in labels.items()}
-    if isinstance(value, str):
-        return back.get(value, value)
-    if isinstance(value, list):
-        return [back.get(v, v) if isinstance(v, str) else v for v in value]
-    return value
-
-
-def arguments_schema(tool: dict[str, Any], refs: list[str], labels: dict[str, str] | None = None) -> dict[str, Any]:
+def arguments_schema(tool: dict[str, Any], refs: list[str]) -> dict[str, Any]:
     """JSON schema of one tool's arguments for the grammar: its names, enums and types, image
-    arguments limited to the chat's images (left out when there are none); with `labels`
-    (`image_labels`) and two images or more, the images are offered by those labels."""
+    arguments limited to the chat's images (left out when there are none)."""
     fn = tool.get("function", tool)
     params = fn.get("parameters") or {}
     props, required = {}, list(params.get("required") or [])
@@ -355,15 +327,13 @@ def arguments_schema(tool: dict[str, Any], refs: list[str], labels: dict[str, st
         if _image_prop(prop) and not refs:
             continue
         props[name] = _grammar_prop(prop, refs)
-        shown = [(labels or {}).get(r, r) for r in refs] if choose else refs
         if choose and props[name].get("items") == {"enum": refs}:  # what an edit brings in: said, even if none
-            props[name]["items"] = {"enum": shown}
             required.append(name)
         if choose and props[name] == {"enum": refs}:
             if fn["name"] == "revert":
-                props[name] = {"enum": ["previous", *(r for r in shown if r != "previous")]}
+                props[name] = {"enum": ["previous", *(r for r in refs if r != "previous")]}
             else:
-                props[name] = {"enum": ["current", *shown]}
+                props[name] = {"enum": ["current", *refs]}
             required.append(name)
     return {"type": "object", "properties": props,
             "required": [r for r in dict.fromkeys(required) if r in props], "additionalProperties": False}
@@ -373,10 +343,10 @@ def kind_grammar_text(kinds: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(" " + k) for k in kinds) + "\n"
 
 
-def arguments_grammar_text(tool: dict[str, Any], refs: list[str], labels: dict[str, str] | None = None) -> str:
+def arguments_grammar_text(tool: dict[str, Any], refs: list[str]) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    body = json_schema_to_gbnf(json.dumps(arguments_schema(tool, refs, labels))).replace("root ::=", "args ::=", 1)
+    body = json_schema_to_gbnf(json.dumps(arguments_schema(tool, refs))).replace("root ::=", "args ::=", 1)
     return 'root ::= " " args\n' + body
 
 
@@ -713,11 +683,10 @@ class GGUFPlanner(ChatModel):
             text = self._complete(llm, prompt + "reply:", None, min(self.settings.max_tokens, 96), ["\n", *STOP]).strip()
             self.last_decision = {"kind": kind, "seconds_kind": seconds_kind}
             return PlannerReply(text=text, raw=f"kind: {kind}\nreply: {text}")
-        labels = image_labels(messages) if getattr(self.settings, "image_labels", True) else {}
-        key = (name, tuple(refs), tuple(labels.items()))
+        key = (name, tuple(refs))
         grammar = self._grammars.get(key)
         if grammar is None:
-            grammar = arguments_grammar_text(by_name[name], refs, labels)
+            grammar = arguments_grammar_text(by_name[name], refs)
             self._grammars = {k: v for k, v in list(self._grammars.items())[-15:]}
             self._grammars[key] = grammar
         text = self._complete(llm, prompt + "arguments:", grammar, min(self.settings.max_tokens, 320), STOP,
@@ -728,8 +697,7 @@ class GGUFPlanner(ChatModel):
             args = json.loads(text)
         except ValueError:
             return PlannerReply(raw=raw, malformed=[text])
-        args = {k: _unlabel(v, labels) for k, v in args.items()} if isinstance(args, dict) else {}
-        return PlannerReply(tool_calls=[ToolCall(name=name, args=args)], raw=raw)
+        return PlannerReply(tool_calls=[ToolCall(name=name, args=args if isinstance(args, dict) else {})], raw=raw)
 
     def _chat_native(self, llm, messages, tools) -> PlannerReply:
         prompt = render_qwen(messages, tools)

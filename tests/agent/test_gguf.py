@@ -387,18 +387,3 @@ def test_close_bias_favours_closing_the_arguments_only_while_writing_them(monkey
     off = _scripted_planner(monkeypatch, [" adjust", ' {"exposure_ev": 1}'])
     off.chat(_two_step_messages(), plan_json_schemas())
     assert off._llm.calls[1]["logit_bias"] is None
-
-
-def test_several_images_are_offered_by_what_they_show_and_read_back_as_numbers(monkeypatch):
-    from agent.planners.gguf import arguments_schema, image_choices, image_labels
-
-    messages = _two_step_messages()
-    labels = image_labels(messages)
-    assert labels == {"#1": "a castle (#1)", "#2": "a woman on a sofa (#2)"}
-    tools = {t["function"]["name"]: t for t in plan_json_schemas()}
-    scene = arguments_schema(tools["edit_image"], image_choices(messages), labels)["properties"]["scene"]
-    assert scene == {"enum": ["current", "a castle (#1)", "a woman on a sofa (#2)", "original", "previous"]}
-    planner = _scripted_planner(monkeypatch, [" edit", ' {"instruction": "add a flag", "bring_in": [], '
-                                                       '"scene": "a castle (#1)"}'])
-    reply = planner.chat(messages, plan_json_schemas())
-    assert reply.tool_calls[0].args == {"instruction": "add a flag", "bring_in": [], "scene": "#1"}
