@@ -437,20 +437,18 @@ class Session:
 
     def _ingest(self, item: ImageInput) -> str:
         store = self.images
-        if isinstance(item, NamedImage):
-            if not isinstance(item.data, (bytes, bytearray, str, os.PathLike)):
-                raise BadImageError(f"cannot read an image from a {type(item.data).__name__}")
-            data = bytes(item.data) if isinstance(item.data, (bytes, bytearray)) else item.data
-            return store.ingest(data, filename=item.filename, session=self.key).ref
+        filename = None
+        if isinstance(item, NamedImage):  # the same paths, with the name the person gave it
+            item, filename = item.data, item.filename
         if isinstance(item, str) and is_ref(item):
             version = store.get(item)  # UnknownRefError when it is not there, or not this user's
             if version.session != self.key and item not in {v.ref for v in self.history()}:
                 store.put(store.read_bytes(item), session=self.key)  # list it in this session
             return item
         if isinstance(item, (bytes, bytearray)):
-            return store.ingest(bytes(item), session=self.key).ref
+            return store.ingest(bytes(item), filename=filename, session=self.key).ref
         if isinstance(item, (str, os.PathLike)):
-            return store.ingest(item, session=self.key).ref
+            return store.ingest(item, filename=filename, session=self.key).ref
         raise BadImageError(f"cannot read an image from a {type(item).__name__}")
 
     def _run(self, inp: Any) -> Iterator[TurnEvent]:

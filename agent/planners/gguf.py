@@ -617,13 +617,22 @@ class GGUFPlanner(ChatModel):
         from llama_cpp import LlamaGrammar
 
         refs = image_choices(messages)
-        deciding = bool(messages) and messages[-1].get("role") == "user"
+        deciding = _deciding(messages)
         key = (json.dumps(tools, sort_keys=True), tuple(refs), deciding)
         text = self._grammars.get(key)
         if text is None:
             text = tool_grammar_text(tools, refs, openers=reply_openers() if deciding else None)
             self._grammars = {key: text}  # one conversation at a time: keep only the latest
         return LlamaGrammar.from_string(text, verbose=False)
+
+    def _budget(self, tokens: list[int]) -> int:
+        """The tokens left to generate after a prompt of `tokens` (an error when it barely fits)."""
+        budget = self.settings.n_ctx - len(tokens)
+        if budget < 16:
+            raise ModelUnavailableError(
+                f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
+            )
+        return budget
 
     def _close_bias(self, llm) -> dict[int, float] | None:
         """`planner.close_bias` added to the logits of the tokens that close the arguments' object:
@@ -643,11 +652,7 @@ class GGUFPlanner(ChatModel):
         from llama_cpp import LlamaGrammar
 
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        budget = self.settings.n_ctx - len(tokens)
-        if budget < 16:
-            raise ModelUnavailableError(
-                f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
-            )
+        budget = self._budget(tokens)
         grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
         extra = {"logit_bias": logit_bias} if logit_bias else {}
         out = llm.create_completion(tokens, max_tokens=min(max_tokens, budget), grammar=grammar, temperature=0.0,
@@ -708,11 +713,7 @@ class GGUFPlanner(ChatModel):
         head_tokens = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
         if 0 < len(head_tokens) < len(tokens) and tokens[: len(head_tokens)] == head_tokens:
             self._warm_prefix(llm, tokens, len(head_tokens))
-        budget = self.settings.n_ctx - len(tokens)
-        if budget < 16:
-            raise ModelUnavailableError(
-                f"the conversation ({len(tokens)} tokens) no longer fits the planner's context ({self.settings.n_ctx})"
-            )
+        budget = self._budget(tokens)
         grammar = self._grammar(messages, tools) if getattr(self.settings, "grammar", False) else None
         out = llm.create_completion(
             tokens, max_tokens=min(self.settings.max_tokens, budget), grammar=grammar,

@@ -312,7 +312,7 @@ def test_arguments_schema_limits_images_to_the_chats_numbers():
     assert image_choices(build_messages(history=[], images=[], user_text="hi")) == []
 
 
-def test_two_step_grammars_parse_and_accept_only_their_words():
+def test_two_step_grammars_name_every_kind_and_parse():
     llama_grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python not installed")
     from agent.planners.gguf import KINDS, arguments_grammar_text, kind_grammar_text
 
