@@ -409,9 +409,9 @@ def run(args) -> int:
 
     screener = None
     if not args.no_screen:
-        from tools.safety import PromptScreener
+        from agent.guard import screener_for
 
-        screener = PromptScreener(profile.safety)
+        screener = screener_for(profile)  # the rules and the guard of a turn
     report = run_eval(planner, cases, on_result=show, repair=not args.no_repair, screener=screener)
     report["profile"] = profile.name
     report["planner"] = {"kind": profile.planner.kind, "chat_format": getattr(profile.planner, "chat_format", None)}

@@ -123,7 +123,7 @@ class Services:
     audit: AuditLog
     analyzer: FaceAnalyzer | None = None  # faces for identity checks and consent
     tools: list[dict[str, Any]] = field(default_factory=lambda: _plan_tools())  # what the planner sees
-    # (screener, name, args, *, store, consented, analyzer) -> Decision; None: tools.safety's
+    # (screener, name, args, *, store, consented, analyzer, context) -> Decision; None: tools.safety's
     screen_call: Callable[..., Any] | None = None
 
 
@@ -175,6 +175,20 @@ def _audit(runtime: Runtime[TurnContext], name: str, **data: Any) -> None:
         _services(runtime).audit.record(name, user_id=ctx.user_id, thread_id=ctx.thread_id, **data)
     except Exception:  # noqa: BLE001 - the audit log must never break a turn
         log.exception("audit log write failed (%s)", name)
+
+
+def screen_context(state: TurnState, runtime: Runtime[TurnContext], *, earlier_only: bool = True) -> Any:
+    """What the guard reads besides a text: the user's earlier messages of this thread (a request
+    split over turns is judged whole) and what made the image on screen (its edit chain's prompts
+    and instructions)."""
+    from tools.safety import ScreenContext
+    from tools.safety.tool_calls import image_history
+
+    users = [str(m.get("content") or "") for m in state.messages if m.get("role") == "user"]
+    if earlier_only and users:
+        users = users[:-1]
+    chain = image_history(_images(runtime), state.current) if state.current else []
+    return ScreenContext(thread=[u for u in users if u.strip()], chain=chain)
 
 
 def _tool_message(call: PendingCall, content: str) -> dict[str, Any]:
@@ -256,7 +270,8 @@ def screen_request(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str,
     uploads = [r for r in user.get("images") or [] if isinstance(r, str)]
     update["attached"] = uploads
     _emit(runtime, "status", text=say("status_screening"))
-    decision = services.prompt_screener.screen(text) if text and not state.direct else None
+    decision = (services.prompt_screener.screen(text, screen_context(state, runtime))
+                if text and not state.direct else None)
     _audit(runtime, "request", text=text, images=uploads,
            decision=Screening.of(decision).model_dump() if decision else None, direct=state.direct)
     for ref in uploads:
@@ -349,7 +364,8 @@ def screen_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
 
         services.screen_call = screen_tool_call
     decision = Screening.of(services.screen_call(services.prompt_screener, call.name, args, store=_images(runtime),
-                                                 consented=list(state.consented), analyzer=services.analyzer))
+                                                 consented=list(state.consented), analyzer=services.analyzer,
+                                                 context=screen_context(state, runtime, earlier_only=False)))
     _audit(runtime, "tool_call", call=_j(call), decision=decision.model_dump())
     if decision.decision == "refuse":
         refused = Refusal(category=decision.category, reason=decision.reason)

@@ -146,14 +146,15 @@ class Atelier:
         def make() -> Services:
             from tools.identity import FaceAnalyzer
             from tools.provenance import Sealer
-            from tools.safety import AuditLog, ImageScreener, PromptScreener
+            from agent.guard import screener_for
+            from tools.safety import AuditLog, ImageScreener
 
             profile = self.profile
             key_dir = profile.provenance.key_dir or str(Path(profile.store.root) / "keys")
             analyzer = FaceAnalyzer(profile.identity)
             return Services(
                 profile=profile, store=self.store, planner=self.planner,
-                prompt_screener=PromptScreener(profile.safety),
+                prompt_screener=screener_for(profile),
                 image_screener=ImageScreener(profile.safety, analyzer),
                 sealer=Sealer(profile.provenance, key_dir),
                 audit=AuditLog(profile.store.audit_url()),

@@ -52,6 +52,7 @@ class Screening(_Model):
     category: str = "none"
     reason: str = ""
     matched: str | list[str] | None = None
+    guard: dict[str, Any] | None = None  # the guard model's verdict (label, probabilities, ms) when asked
 
     @classmethod
     def of(cls, decision: Any) -> Screening:

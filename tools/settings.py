@@ -110,7 +110,14 @@ class SafetySettings(BaseModel):
     nsfw_threshold: float = 0.6
     gallery_dir: str | None = None  # public-figure face gallery (embeddings)
     gallery_max_distance: float = 0.5
-    guard_backend: Literal["none", "planner", "qwen3guard"] = "none"
+    # The guard model behind the rules (tools.safety.guard): "gguf" (the offline planner's Qwen GGUF
+    # scoring the labels of prompts/safety/guard.md), "qwen3guard" (Qwen3Guard-Gen via transformers,
+    # `guard_model`), "none" (rules and word lists alone).
+    guard_backend: Literal["none", "gguf", "qwen3guard"] = "none"
+    guard_model: str = "Qwen/Qwen3Guard-Gen-0.6B"  # qwen3guard: a hub name or a local path
+    guard_device: str = "cuda"
+    guard_strict: bool = False  # qwen3guard: refuse "Controversial" too
+    guard_calibration: str | None = None  # None: the packaged configs/safety/guard_calibration.json
 
 
 class ProvenanceSettings(BaseModel):

@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate and save the planner's system prompt state (what `make model` does), "
                         "so the first chat turn does not pay for it")
     args = p.parse_args(argv)
-    settings = load_profile(args.profile).planner
+    profile = load_profile(args.profile)
+    settings = profile.planner
     try:
         path = locate_gguf(settings)
         if args.prepare and settings.kind == "gguf":
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             info = prepare_prompt(settings, on_status=lambda text: _stderr(f"atelier: {text}"))
             _stderr(f"atelier: planner prompt state {info['state']} ({info['tokens']:,} tokens, "
                     f"{info['seconds']:.1f} s){': ' + info['path'] if info['path'] else ''}")
+        if args.prepare and profile.safety.guard_backend == "gguf":
+            from agent.guard import build_guard
+
+            _stderr("atelier: preparing the safety guard's instructions ...")
+            _stderr(f"atelier: guard prompt state {build_guard(profile).prepare()}")
     except ModelUnavailableError as err:
         print(f"atelier: {err}", file=sys.stderr)
         return 2

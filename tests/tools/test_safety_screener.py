@@ -142,9 +142,15 @@ def test_decision_has_readable_reason_and_match(screener):
 
 
 def test_guard_backend_can_only_tighten():
+    from tools.safety import GuardVerdict
+
     class StrictGuard:
-        def classify(self, text):
-            return Decision(decision="refuse", category="other", reason="guard") if "cat" in text else None
+        name = "strict"
+
+        def judge(self, text, context=None):
+            bad = "cat" in text
+            return GuardVerdict(backend="strict", label="hate" if bad else "safe", category="hate" if bad else "none",
+                                unsafe=float(bad), person=0.0, refuse=bad, changes_person=False, ms=0.0)
 
     s = PromptScreener(SafetySettings(), guard=StrictGuard())
     assert s.screen("a cat").decision == "refuse"

@@ -1,7 +1,8 @@
 """Safety: prompt, tool-call and image screening, audit log and rate limits.
 
     screener = PromptScreener(settings)           # settings: tools.settings.SafetySettings
-    screener.screen("a text")                      # Decision(decision, category, reason, matched)
+    screener = PromptScreener(settings, guard=LabelGuard(scorer, Calibration.load()))  # rules + a guard model
+    screener.screen("a text", ScreenContext(thread=[...], people=True))  # Decision(decision, category, reason, matched, guard)
     screen_tool_call(screener, name, args, store=store, consented=[...])
     ImageScreener(settings, analyzer).screen(image)
     AuditLog(url).record("request", user_id=..., thread_id=..., text=...)
@@ -15,11 +16,13 @@ from tools.errors import RateLimitedError
 from tools.safety.audit import AuditLog
 from tools.safety.images import FaceGallery, ImageScreener
 from tools.safety.ratelimit import RateLimiter
-from tools.safety.screener import Decision, GuardBackend, PromptScreener, refusal_reason, register_guard
+from tools.safety.guard import Calibration, GuardVerdict, LabelGuard, Qwen3Guard, ScreenContext
+from tools.safety.screener import Decision, Guard, GuardBackend, PromptScreener, refusal_reason
 from tools.safety.tool_calls import consent_question, person_keys, person_labels, screen_tool_call
 
 __all__ = [
-    "AuditLog", "Decision", "FaceGallery", "GuardBackend", "ImageScreener", "PromptScreener", "RateLimitedError",
-    "RateLimiter", "consent_question", "person_keys", "person_labels", "refusal_reason", "register_guard",
+    "AuditLog", "Calibration", "Decision", "FaceGallery", "Guard", "GuardBackend", "GuardVerdict", "ImageScreener",
+    "LabelGuard", "PromptScreener", "Qwen3Guard", "RateLimitedError", "RateLimiter", "ScreenContext",
+    "consent_question", "person_keys", "person_labels", "refusal_reason",
     "screen_tool_call",
 ]

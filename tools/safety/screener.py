@@ -24,18 +24,21 @@ from anyascii import anyascii
 from pydantic import BaseModel
 from rapidfuzz import fuzz, process
 
+from tools.safety.guard import GuardVerdict, ScreenContext
 from tools.settings import SafetySettings
 
 # Decision ------------------------------------------------------------------------------------
 
 
 class Decision(BaseModel):
-    """One screening decision: allow, ask for consent, or refuse, with a reason a person can read."""
+    """One screening decision: allow, ask for consent, or refuse, with a reason a person can read;
+    `guard` is the guard model's verdict when it was asked (kept in the audit log)."""
 
     decision: Literal["allow", "consent", "refuse"] = "allow"
     category: str = "none"
     reason: str = ""
     matched: str | list[str] | None = None
+    guard: GuardVerdict | None = None
 
     @property
     def allowed(self) -> bool:
@@ -249,44 +252,33 @@ def _canonical(names: list[str], i: int) -> str:
     return names[i]
 
 
-# Guard backends ------------------------------------------------------------------------------
+# Guard -------------------------------------------------------------------------------------
 
 
-class GuardBackend(Protocol):
-    """A second opinion (e.g. Qwen3Guard on a GPU, or the offline planner used as a classifier).
+class Guard(Protocol):
+    """A model's judgement behind the rules (`tools.safety.guard`: `LabelGuard`, `Qwen3Guard`, or a
+    scripted one in tests). It can only tighten what the rules decided, never loosen it."""
 
-    Returns a refusing Decision when it flags the text, None when it has nothing to add. It can
-    only tighten the rule-based decision, never loosen it.
-    """
+    name: str
 
-    def classify(self, text: str) -> Decision | None: ...
-
-
-GUARD_BACKENDS: dict[str, type] = {}
+    def judge(self, text: str, context: ScreenContext | None = None) -> GuardVerdict: ...
 
 
-def register_guard(name: str):
-    def deco(cls):
-        GUARD_BACKENDS[name] = cls
-        return cls
-
-    return deco
-
-
-def build_guard(settings: SafetySettings) -> GuardBackend | None:
-    if settings.guard_backend == "none":
-        return None
-    cls = GUARD_BACKENDS.get(settings.guard_backend)
-    if cls is None:
-        from tools.errors import ModelUnavailableError
-
-        raise ModelUnavailableError(
-            f"guard backend {settings.guard_backend!r} is not installed here; set safety.guard_backend=none"
-        )
-    return cls(settings)
+GuardBackend = Guard  # the earlier name
 
 
 # Screener ------------------------------------------------------------------------------------
+
+# Rule refusals a guard never releases (zero tolerance: a child in any sexual framing).
+NEVER_RELEASED = ("minors",)
+
+
+def guard_refusal(verdict: GuardVerdict) -> Decision:
+    """The refusal a guard verdict stands for."""
+    category = verdict.category if verdict.category in _PRIORITY else "other"
+    return Decision(decision="refuse", category=category, reason=refusal_reason(category),
+                    matched=f"guard: {verdict.label} ({verdict.unsafe:.2f})", guard=verdict)
+
 
 _PRIORITY = ["minors", "nonconsensual", "sexual", "self_harm", "violence", "hate", "deception", "public_figure", "jailbreak"]
 _WORD = re.compile(r"[a-z]+")
@@ -296,22 +288,51 @@ _PROXIMITY = re.compile(r".{0,30}(?:\bas\b|\blike\b|\bare\b|\binto\b|\bdepicted\
 class PromptScreener:
     """Rule-based screening of a text (user words or planner-written tool arguments)."""
 
-    def __init__(self, settings: SafetySettings | None = None, *, guard: GuardBackend | None = None):
+    def __init__(self, settings: SafetySettings | None = None, *, guard: Guard | None = None):
         self.settings = settings or SafetySettings()
         self.lists = load_lists(self.settings.lists_dir)
-        self.guard = guard if guard is not None else build_guard(self.settings)
+        self.guard = guard
 
     # -- public ------------------------------------------------------------------------------
-    def screen(self, text: str) -> Decision:
+    def screen(self, text: str, context: ScreenContext | None = None, *, guard: bool = True) -> Decision:
+        """Rules first; what they do not refuse goes to the guard (when there is one), which reads
+        the text with `context`. Consent: the guard says the edit changes how a real person looks
+        and the image being edited shows people (`context.people`; None: not known, as in an eval
+        of texts alone). Without a guard the word lists decide consent. `guard=False`: the rules alone.
+
+        A rules refusal stands unless the guard's release head (fitted on texts the rules refused)
+        is sure they matched a harmless word; a refusal for `NEVER_RELEASED` categories always stands."""
         if not text or not text.strip():
             return Decision()
-        hits = self.match(text)
-        decision = self._decide(hits)
-        if decision.decision != "refuse" and self.guard is not None:
-            second = self.guard.classify(text)
-            if second is not None and second.decision == "refuse":
-                return second
-        return decision
+        decision = self._decide(self.match(text))
+        if self.guard is None or not guard:
+            return decision
+        if decision.decision == "refuse":
+            if decision.category in NEVER_RELEASED or not getattr(self.guard, "releases", False):
+                return decision
+            verdict = self.guard.judge(text, context, rules_refused=True)
+            if not verdict.release:
+                return decision.model_copy(update={"guard": verdict})
+            decision = Decision(decision="allow", category="none", reason=reasons()["allow"],
+                                matched=f"released by the guard ({verdict.benign:.2f}): {decision.matched}")
+        else:
+            verdict = self.guard.judge(text, context)
+            if verdict.refuse:
+                return guard_refusal(verdict)
+        people = context.people if context is not None else None
+        if verdict.changes_person and people is not False:
+            return Decision(decision="consent", category="consent", reason=reasons()["consent"]["reason"],
+                            matched=f"guard: person ({verdict.person:.2f})", guard=verdict)
+        if decision.decision == "consent":  # the guard reads the edit as not changing the person
+            decision = Decision(decision="allow", category="none", reason=reasons()["allow"])
+        return decision.model_copy(update={"guard": verdict})
+
+    def changes_person(self, text: str, context: ScreenContext | None = None) -> bool:
+        """Whether an edit instruction changes how a person looks (age, face, expression, body,
+        hair, clothing, adding or removing someone): the guard's judgement, else the word list."""
+        if self.guard is not None:
+            return self.guard.judge(text, context).changes_person
+        return bool(self.match(text).get("identity_change"))
 
     def match(self, text: str) -> dict[str, list[str]]:
         """Which concepts of the lists the text hits, with the matched words."""
@@ -431,9 +452,8 @@ class PromptScreener:
         return Decision(decision="allow", category="none", reason=reasons()["allow"])
 
     def needs_identity_consent(self, text: str) -> bool:
-        """Whether an edit instruction changes who a person looks like (ignores the photo context)."""
-        hits = self.match(text)
-        return bool(hits.get("identity_change"))
+        """The earlier name of `changes_person` (no context)."""
+        return self.changes_person(text)
 
 
 def _first_letters_agree(a: str, b: str) -> bool:

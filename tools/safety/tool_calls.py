@@ -1,14 +1,29 @@
-"""Screening of a tool call the planner wrote: every string argument, and consent for edits that
-change how a real person in an uploaded photo looks (once per person per session)."""
+"""Screening of a tool call (written by the planner, a slash command, an MCP or HTTP client):
+every text that steers the image, and consent for edits that change how a real person in an
+uploaded photo looks (once per person per session).
+
+- The rules read each text field on its own; the guard reads them together, as one request
+  ("prompt", then "negative prompt: ..."), with the chat's earlier messages and what made the
+  image being edited. A negative prompt is a request too: "clothing, underwear" there asks for
+  nudity. The lists of what to avoid count only their jailbreaks on the rules' side (a negative
+  prompt of "blood, gore" is how one asks for none).
+- A rules refusal stands unless the guard's release head is sure the rules matched a harmless
+  word (as in `PromptScreener.screen`).
+- Consent: the image (or an image brought in) descends from an upload in which the face analyser
+  found faces, and the edit changes how a person looks (the guard's judgement in any language;
+  the word list without a guard), or brings people into another photo, or turns identity
+  preservation off.
+"""
 
 from __future__ import annotations
 
-from tools.safety.screener import Decision, PromptScreener, reasons
+from tools.safety.guard import ScreenContext
+from tools.safety.screener import NEVER_RELEASED, Decision, PromptScreener, guard_refusal, reasons
 from tools.schemas import ToolArgs
 
-# Arguments that are free text the planner wrote (the rest are enums, numbers and refs).
+# Arguments that are free text (the rest are enums, numbers and refs).
 TEXT_FIELDS = ("prompt", "instruction", "region", "description")
-NEGATIVE_FIELDS = ("negative_prompt",)  # lists what to avoid: only jailbreaks count there
+NEGATIVE_FIELDS = ("negative_prompt",)  # lists what to avoid
 
 
 def _strings(args: ToolArgs, fields) -> list[tuple[str, str]]:
@@ -54,32 +69,82 @@ def screen_tool_call(
     store,
     consented: list[str] | set[str] = (),
     analyzer=None,
+    context: ScreenContext | None = None,
 ) -> Decision:
-    """Refuse when any planner-written string is refused; ask for consent before a face-changing
-    edit of an uploaded photo of a person not yet in `consented`; otherwise allow."""
+    """Refuse when a text of the call is refused; ask for consent before an edit that changes how
+    a person of an uploaded photo looks, for people not yet in `consented`; otherwise allow.
+    `context`: the chat's earlier messages (the guard reads them)."""
+    rules_refusal = None
     for field, text in _strings(args, TEXT_FIELDS):
-        decision = screener.screen(text)
+        decision = screener.screen(text, guard=False)
         if decision.decision == "refuse":
-            return decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
-    for field, text in _strings(args, NEGATIVE_FIELDS):
-        decision = screener.screen(text)
+            rules_refusal = decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
+            break
+    for field, text in _strings(args, NEGATIVE_FIELDS) if rules_refusal is None else ():
+        decision = screener.screen(text, guard=False)
         if decision.decision == "refuse" and decision.category == "jailbreak":
-            return decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
-    if name != "edit_image":
-        return Decision()
-    wording = " ".join(t for _, t in _strings(args, ("instruction", "region")))
-    changes_identity = (not args.preserve_identity) or screener.needs_identity_consent(wording)
-    refs = [args.image, *args.references]
+            rules_refusal = decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
+    refs = [r for r in [getattr(args, "image", None), *(getattr(args, "references", None) or [])] if r]
     people: list[str] = []
-    for ref in refs:
-        people += person_keys(store, ref, analyzer)
+    if name == "edit_image":
+        for ref in refs:
+            people += person_keys(store, ref, analyzer)
+    verdict = None
+    request = _guard_request(args) if screener.guard is not None else ""
+    if request:
+        ctx = (context or ScreenContext()).model_copy(update={
+            "chain": image_history(store, refs[0]) if refs else [], "people": bool(people),
+            "field": "prompt" if getattr(args, "prompt", None) else "instruction"})
+        if rules_refusal is not None:
+            if rules_refusal.category in NEVER_RELEASED or not getattr(screener.guard, "releases", False):
+                return rules_refusal
+            verdict = screener.guard.judge(request, ctx, rules_refused=True)
+            if not verdict.release:
+                return rules_refusal.model_copy(update={"guard": verdict})
+        else:
+            verdict = screener.guard.judge(request, ctx)
+            if verdict.refuse:
+                return guard_refusal(verdict)
+    elif rules_refusal is not None:
+        return rules_refusal
+    if name != "edit_image":
+        return Decision(guard=verdict)
+    if verdict is not None:
+        changes_identity = verdict.changes_person
+    else:
+        changes_identity = screener.changes_person(" ".join(t for _, t in _strings(args, ("instruction", "region"))))
+    changes_identity = changes_identity or not args.preserve_identity
     brings_people_together = bool(args.references) and bool(people)
     if not people or not (changes_identity or brings_people_together):
-        return Decision()
+        return Decision(guard=verdict)
     missing = [p for p in dict.fromkeys(people) if p not in set(consented)]
     if not missing:
-        return Decision(reason="consent already given for everyone in the photo")
-    return Decision(decision="consent", category="consent", reason=reasons()["consent"]["reason"], matched=missing)
+        return Decision(reason="consent already given for everyone in the photo", guard=verdict)
+    return Decision(decision="consent", category="consent", reason=reasons()["consent"]["reason"], matched=missing,
+                    guard=verdict)
+
+
+def _guard_request(args: ToolArgs) -> str:
+    """The call's texts as one request for the guard: the prompt or instruction (with the region),
+    the description, then what it must not show."""
+    parts = [t for _, t in _strings(args, TEXT_FIELDS)]
+    negative = [t for _, t in _strings(args, NEGATIVE_FIELDS)]
+    if negative:
+        parts.append("negative prompt: " + "; ".join(negative))
+    return "\n".join(parts)
+
+
+def image_history(store, ref: str) -> list[str]:
+    """The prompts and instructions that made `ref` (oldest first)."""
+    try:
+        lineage = store.lineage(ref)
+    except Exception:  # noqa: BLE001 - unknown refs are reported by run_tool
+        return []
+    out = []
+    for version in lineage:
+        call_args = (version.tool_call or {}).get("args") or {}
+        out += [str(call_args[f]) for f in TEXT_FIELDS if isinstance(call_args.get(f), str) and call_args[f].strip()]
+    return out
 
 
 def person_labels(store, keys: list[str], analyzer=None) -> list[str]:

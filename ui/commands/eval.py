@@ -7,7 +7,7 @@ import importlib
 # sub-command -> module exposing register(subparsers) and run(args)
 EVALS = {
     "planner": "agent.evals",
-    "screen": "tools.safety.evals",
+    "screen": "agent.screen_evals",
     "watermark": "tools.provenance.evals",
 }
 

@@ -37,27 +37,36 @@ def _settings(args):
         profile = load_profile_from_args(args)
         safety, identity = profile.safety, profile.identity
     except Exception:  # noqa: BLE001 - screening needs no models: fall back to defaults
-        safety, identity = SafetySettings(), IdentitySettings()
+        profile, safety, identity = None, SafetySettings(), IdentitySettings()
     if args.gallery:
         safety = safety.model_copy(update={"gallery_dir": args.gallery})
-    return safety, identity
+    return safety, identity, profile
+
+
+def _screener(safety, profile):
+    """The profile's prompt screener (its rules and its guard model), else the rules alone."""
+    if profile is None:
+        from tools.safety import PromptScreener
+
+        return PromptScreener(safety)
+    from agent.guard import screener_for
+
+    return screener_for(profile.model_copy(update={"safety": safety}))
 
 
 def run(args) -> int:
     from tools.errors import AtelierError
 
-    safety, identity = _settings(args)
+    safety, identity, profile = _settings(args)
     if args.add_figure:
         photos = ([args.text] if args.text else []) + list(args.photos)
         return _add_figure(args.add_figure, photos, safety, identity)
     if args.image:
         return _screen_image(args.image, safety, identity, args.json)
     if args.jsonl:
-        return _batch(args.jsonl, safety)
+        return _batch(args.jsonl, _screener(safety, profile))
     if args.text:
-        from tools.safety import PromptScreener
-
-        d = PromptScreener(safety).screen(args.text)
+        d = _screener(safety, profile).screen(args.text)
         if args.json:
             print(json.dumps(d.model_dump(), ensure_ascii=False))
         else:
@@ -66,13 +75,11 @@ def run(args) -> int:
     raise AtelierError("give a text, --jsonl FILE, --image FILE or --add-figure NAME PHOTO...")
 
 
-def _batch(path: str, safety) -> int:
-    from tools.safety import PromptScreener
-    from tools.safety.evals import read_jsonl
+def _batch(path: str, screener) -> int:
+    from tools.safety.evals import context_of, read_jsonl
 
-    screener = PromptScreener(safety)
     for i, row in enumerate(read_jsonl(path), 1):
-        d = screener.screen(row["text"])
+        d = screener.screen(row["text"], context_of(row))
         print(json.dumps({"id": row.get("id", i), "decision": d.decision, "category": d.category, "reason": d.reason},
                          ensure_ascii=False), flush=True)
     return 0
