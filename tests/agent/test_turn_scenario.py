@@ -107,7 +107,10 @@ def test_the_scenario_with_the_real_offline_planner(tmp_path):
 
     buf = io.BytesIO()  # one woman, facing the camera (scikit-image's bundled portrait)
     Image.fromarray(skimage_data.astronaut()).resize((256, 256)).save(buf, format="JPEG", quality=92)
-    app = Atelier("tiny", tiny_overrides(tmp_path, identity={"max_attempts": 1}),
+    # the offline profile's screen too: rules + the GGUF guard (consent for the smile comes from the
+    # faces dlib finds and the guard's reading of the edit, not from a word list)
+    app = Atelier("tiny", tiny_overrides(tmp_path, identity={"max_attempts": 1},
+                                         planner={"model_path": str(path)}, safety={"guard_backend": "gguf"}),
                   planner=GGUFPlanner(settings, model_path=str(path)))
     try:
         s = app.session("t-real")
@@ -121,6 +124,8 @@ def test_the_scenario_with_the_real_offline_planner(tmp_path):
         assert relit.answer.startswith("I relit #2") and "img_" not in relit.answer
         asked = s.send("make her smile")
         assert asked.consent is not None, asked.answer
+        consent_call = app.services.audit.events(thread_id="t-real", event="tool_call")[-1]
+        assert consent_call["decision"]["guard"]["changes_person"] is True
         assert asked.consent.call["name"] == "edit_image"
         assert asked.consent.call["args"]["image"] == relit.images[0].ref
         done = s.resume(True)
