@@ -33,7 +33,8 @@ def build_guard(profile, *, root: str | None = None):
     safety = profile.safety
     if safety.guard_backend == "none":
         return None
-    key = (safety.guard_backend, safety.guard_model, safety.guard_calibration, profile.planner.model_path, root)
+    key = (safety.guard_backend, safety.guard_model, safety.guard_calibration, profile.planner.model_path,
+           profile.planner.hub_file, profile.planner.gguf_packages, root)
     with _LOCK:
         guard = _GUARDS.get(key)
         if guard is None:
@@ -132,8 +133,10 @@ class GGUFLabelScorer:
             self._head(llm, head)
             tail = llm.tokenize((request + CHATML_TAIL).encode(), add_bos=False, special=True)
             room = self.n_ctx - len(head) - 1
-            if len(tail) > room:  # a long text: its start and the answer position are kept
-                tail = tail[: room - 16] + tail[-16:]
+            if room < 64:
+                raise ValueError(f"the guard's instructions ({len(head)} tokens) leave no room in its context ({self.n_ctx})")
+            if len(tail) > room:  # a long thread: the earliest context goes, the request stays whole
+                tail = tail[-room:]
             llm.n_tokens = len(head)  # drop the previous request; eval() clears its cache cells
             llm.eval(tail)
             # the last position's logits and hidden state (llama-cpp-python keeps no copy of them)

@@ -53,8 +53,8 @@ def run(args) -> int:
     screener = screener_for(profile)
 
     if args.fit:
-        if screener.guard is None:
-            raise SystemExit("--fit needs a guard: set safety.guard_backend (e.g. gguf)")
+        if screener.guard is None or not hasattr(screener.guard, "scorer"):
+            raise SystemExit("--fit needs a label guard: safety.guard_backend=gguf")
 
         def show_item(item):
             if args.verbose:

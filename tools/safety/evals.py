@@ -220,7 +220,7 @@ def _threshold(scores: list[float], y: list[int], *, max_fpr: float | None = Non
             continue
         if tpr - fpr > best_j:
             best, best_j = float(cut), tpr - fpr
-    return best if max_fpr is None else 0.999
+    return best if max_fpr is None else 1.01  # no cut keeps within max_fpr: the head never fires
 
 
 def fit_calibration(items: list[dict[str, Any]], *, max_false_refusal: float = 0.04, max_release: float = 0.02,

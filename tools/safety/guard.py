@@ -19,7 +19,9 @@ Scorers: `agent.guard.GGUFLabelScorer` (the offline profile's Qwen GGUF, its own
 context over the planner's mmapped weights) and `TransformersLabelScorer` (any causal LM).
 `Qwen3Guard` (`safety.guard_backend: qwen3guard`) asks a Qwen3Guard-Gen model in its own format
 ("Safety: Unsafe / Categories: Violent") and the label prompt only for the person question.
-A guard can only tighten what the rules decided, never loosen it.
+A guard refuses what the rules let through; its release head may overturn a rules refusal that
+matched a harmless word (one category, not minors or jailbreak, a text it read in full:
+`tools.safety.screener.releasable`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ class GuardVerdict(BaseModel):
     logprobs: dict[str, float] = Field(default_factory=dict)
 
 
+def windows(text: str) -> list[str]:
+    """`text` as the guard reads it: whole when it fits in `MAX_CHARS`, else overlapping windows."""
+    text = (text or "").strip()
+    if len(text) <= MAX_CHARS:
+        return [text]
+    step = MAX_CHARS - 100
+    return [text[i:i + MAX_CHARS] for i in range(0, len(text) - 100, step)]
+
+
 def render_request(text: str, context: ScreenContext | None = None) -> str:
     """The user turn the guard reads: earlier messages, the image's history, then the request."""
     context = context or ScreenContext()
@@ -113,6 +124,9 @@ class Head(BaseModel):
     def probability(self, features: list[float]) -> float:
         if not self.weights:
             return min(1.0, sum(math.exp(features[i]) for i in self.mass))
+        if len(self.weights) != len(features):
+            raise ValueError(f"the guard calibration expects {len(self.weights)} features, the scorer gives "
+                             f"{len(features)}: refit it for this model (atelier eval screen --fit)")
         z = self.bias + sum(w * f for w, f in zip(self.weights, features))
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
@@ -134,11 +148,14 @@ class Calibration(BaseModel):
         "zero-shot" (the labels' argmax decides)."""
         if path == "zero-shot":
             return None
-        try:
-            if path:
+        if path:
+            try:
                 text = Path(path).read_text(encoding="utf-8")
-            else:
-                text = resources.files("configs.safety").joinpath("guard_calibration.json").read_text(encoding="utf-8")
+            except OSError as err:
+                raise FileNotFoundError(f"safety.guard_calibration {path!r}: {err.strerror}") from None
+            return cls.model_validate_json(text)
+        try:
+            text = resources.files("configs.safety").joinpath("guard_calibration.json").read_text(encoding="utf-8")
         except (OSError, FileNotFoundError):
             return None
         return cls.model_validate_json(text)
@@ -238,9 +255,15 @@ class LabelGuard:
         return self.scorer.prepare(self.instructions) if hasattr(self.scorer, "prepare") else "not needed"
 
     def judge(self, text: str, context: ScreenContext | None = None, *, rules_refused: bool = False) -> GuardVerdict:
+        """The verdict on `text`; a text longer than `MAX_CHARS` is read in overlapping windows and
+        the most harmful window's verdict counts (its time is the sum)."""
         t0 = time.perf_counter()
-        scores = self.scorer.score(self.instructions, render_request(text, context), self.labels)
-        return self.verdict(scores, ms=(time.perf_counter() - t0) * 1000, rules_refused=rules_refused)
+        verdicts = []
+        for window in windows(text):
+            scores = self.scorer.score(self.instructions, render_request(window, context), self.labels)
+            verdicts.append(self.verdict(scores, rules_refused=rules_refused))
+        worst = max(verdicts, key=lambda v: (v.refuse, v.unsafe, v.changes_person, v.person))
+        return worst.model_copy(update={"ms": round((time.perf_counter() - t0) * 1000, 1)})
 
     @property
     def releases(self) -> bool:
@@ -261,7 +284,9 @@ class LabelGuard:
         if rules_refused and cal.release is not None:
             benign = cal.release.probability(feats)
             release = benign >= cal.release.threshold
-        refuse = (not release) if rules_refused else unsafe >= cal.unsafe.threshold
+        # released: judged as if the rules had let it through (the unsafe head still decides)
+        refuse = (not release) or unsafe >= cal.unsafe.threshold if rules_refused and release is not None \
+            else unsafe >= cal.unsafe.threshold
         return GuardVerdict(
             backend=self.name, label=label, category=LABELS[harmful] if refuse else "none",
             unsafe=round(unsafe, 4), person=round(person, 4), refuse=refuse,
@@ -308,7 +333,7 @@ class Qwen3Guard:
         self.strict = strict
         self.max_new_tokens = max_new_tokens
         self.labels = LabelGuard(TransformersLabelScorer(model, tokenizer), calibration)
-        self._lock = threading.Lock()
+        self._lock = self.labels.scorer._lock  # one forward pass at a time on the shared model
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str = "cuda", dtype: str = "bfloat16", **kw) -> Qwen3Guard:
@@ -335,7 +360,8 @@ class Qwen3Guard:
     def judge(self, text: str, context: ScreenContext | None = None, *, rules_refused: bool = False) -> GuardVerdict:
         t0 = time.perf_counter()
         level, cats = parse_qwen3guard(self.answer(text, context))
-        refuse = level == "unsafe" or (self.strict and level == "controversial")
+        # an answer that does not parse counts as "Controversial" (refused when strict)
+        refuse = level == "unsafe" or (self.strict and level in ("controversial", "unknown"))
         person = self.labels.judge(text, context)
         return GuardVerdict(
             backend=self.name, label=level, category=(cats[0] if cats else "other") if refuse else "none",

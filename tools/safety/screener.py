@@ -21,7 +21,7 @@ from typing import Iterable, Literal, Protocol
 
 import yaml
 from anyascii import anyascii
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rapidfuzz import fuzz, process
 
 from tools.safety.guard import GuardVerdict, ScreenContext
@@ -39,6 +39,7 @@ class Decision(BaseModel):
     reason: str = ""
     matched: str | list[str] | None = None
     guard: GuardVerdict | None = None
+    categories: list[str] = Field(default_factory=list)  # every category the rules refused it for
 
     @property
     def allowed(self) -> bool:
@@ -257,11 +258,14 @@ def _canonical(names: list[str], i: int) -> str:
 
 class Guard(Protocol):
     """A model's judgement behind the rules (`tools.safety.guard`: `LabelGuard`, `Qwen3Guard`, or a
-    scripted one in tests). It can only tighten what the rules decided, never loosen it."""
+    scripted one in tests). It refuses what the rules let through; one whose `releases` is true may
+    also release a rules refusal its release head is sure about (`releasable` ones only)."""
 
     name: str
+    releases: bool
 
-    def judge(self, text: str, context: ScreenContext | None = None) -> GuardVerdict: ...
+    def judge(self, text: str, context: ScreenContext | None = None, *,
+              rules_refused: bool = False) -> GuardVerdict: ...
 
 
 GuardBackend = Guard  # the earlier name
@@ -269,8 +273,18 @@ GuardBackend = Guard  # the earlier name
 
 # Screener ------------------------------------------------------------------------------------
 
-# Rule refusals a guard never releases (zero tolerance: a child in any sexual framing).
-NEVER_RELEASED = ("minors",)
+# Rule refusals a guard never releases: a child in any sexual framing (zero tolerance), and an
+# attempt to override the rules (the model being attacked must not overturn that).
+NEVER_RELEASED = ("minors", "jailbreak")
+
+
+def releasable(decision: Decision, text: str) -> bool:
+    """Whether a guard may release this rules refusal: one category only, not a never-released
+    one, and a text short enough that the guard reads all of it."""
+    from tools.safety.guard import MAX_CHARS
+
+    categories = decision.categories or [decision.category]
+    return len(categories) == 1 and categories[0] not in NEVER_RELEASED and len(text.strip()) <= MAX_CHARS
 
 
 def guard_refusal(verdict: GuardVerdict) -> Decision:
@@ -308,11 +322,13 @@ class PromptScreener:
         if self.guard is None or not guard:
             return decision
         if decision.decision == "refuse":
-            if decision.category in NEVER_RELEASED or not getattr(self.guard, "releases", False):
+            if not releasable(decision, text) or not getattr(self.guard, "releases", False):
                 return decision
             verdict = self.guard.judge(text, context, rules_refused=True)
             if not verdict.release:
                 return decision.model_copy(update={"guard": verdict})
+            if verdict.refuse:  # released by the rules' head, refused by the guard's own reading
+                return guard_refusal(verdict)
             decision = Decision(decision="allow", category="none", reason=reasons()["allow"],
                                 matched=f"released by the guard ({verdict.benign:.2f}): {decision.matched}")
         else:
@@ -330,6 +346,8 @@ class PromptScreener:
     def changes_person(self, text: str, context: ScreenContext | None = None) -> bool:
         """Whether an edit instruction changes how a person looks (age, face, expression, body,
         hair, clothing, adding or removing someone): the guard's judgement, else the word list."""
+        if not text or not text.strip():
+            return False
         if self.guard is not None:
             return self.guard.judge(text, context).changes_person
         return bool(self.match(text).get("identity_change"))
@@ -443,7 +461,8 @@ class PromptScreener:
         for category in _PRIORITY:
             if category in found:
                 matched = ", ".join(sorted(set(found[category])))[:200]
-                return Decision(decision="refuse", category=category, reason=refusal_reason(category), matched=matched)
+                return Decision(decision="refuse", category=category, reason=refusal_reason(category), matched=matched,
+                                categories=[c for c in _PRIORITY if c in found])
         if has("consent_context") and has("identity_change"):
             return Decision(
                 decision="consent", category="consent", reason=reasons()["consent"]["reason"],

@@ -18,7 +18,7 @@ uploaded photo looks (once per person per session).
 from __future__ import annotations
 
 from tools.safety.guard import ScreenContext
-from tools.safety.screener import NEVER_RELEASED, Decision, PromptScreener, guard_refusal, reasons
+from tools.safety.screener import Decision, PromptScreener, guard_refusal, reasons, releasable
 from tools.schemas import ToolArgs
 
 # Arguments that are free text (the rest are enums, numbers and refs).
@@ -74,16 +74,16 @@ def screen_tool_call(
     """Refuse when a text of the call is refused; ask for consent before an edit that changes how
     a person of an uploaded photo looks, for people not yet in `consented`; otherwise allow.
     `context`: the chat's earlier messages (the guard reads them)."""
-    rules_refusal = None
+    refusals = []  # (text, the rules' refusal) of every field
     for field, text in _strings(args, TEXT_FIELDS):
         decision = screener.screen(text, guard=False)
         if decision.decision == "refuse":
-            rules_refusal = decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
-            break
-    for field, text in _strings(args, NEGATIVE_FIELDS) if rules_refusal is None else ():
+            refusals.append((text, decision.model_copy(update={"matched": f"{field}: {decision.matched}"})))
+    for field, text in _strings(args, NEGATIVE_FIELDS):
         decision = screener.screen(text, guard=False)
         if decision.decision == "refuse" and decision.category == "jailbreak":
-            rules_refusal = decision.model_copy(update={"matched": f"{field}: {decision.matched}"})
+            refusals.append((text, decision.model_copy(update={"matched": f"{field}: {decision.matched}"})))
+    rules_refusal = refusals[0][1] if refusals else None
     refs = [r for r in [getattr(args, "image", None), *(getattr(args, "references", None) or [])] if r]
     people: list[str] = []
     if name == "edit_image":
@@ -96,11 +96,14 @@ def screen_tool_call(
             "chain": image_history(store, refs[0]) if refs else [], "people": bool(people),
             "field": "prompt" if getattr(args, "prompt", None) else "instruction"})
         if rules_refusal is not None:
-            if rules_refusal.category in NEVER_RELEASED or not getattr(screener.guard, "releases", False):
+            if not getattr(screener.guard, "releases", False) or not all(releasable(d, t) for t, d in refusals) \
+                    or len({d.category for _, d in refusals}) > 1:
                 return rules_refusal
             verdict = screener.guard.judge(request, ctx, rules_refused=True)
             if not verdict.release:
                 return rules_refusal.model_copy(update={"guard": verdict})
+            if verdict.refuse:
+                return guard_refusal(verdict)
         else:
             verdict = screener.guard.judge(request, ctx)
             if verdict.refuse:
