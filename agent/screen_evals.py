@@ -24,7 +24,7 @@ def register_eval(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting")
     p.add_argument("--no-guard", action="store_true", help="the rules alone (safety.guard_backend=none)")
     p.add_argument("--fit", metavar="OUT", help="fit the guard's calibration on the sets and write it to OUT")
-    p.add_argument("--max-false-refusal", type=float, default=0.04,
+    p.add_argument("--max-false-refusal", type=float, default=0.03,
                    help="--fit: the false refusal rate the threshold may cost on the fitting sets")
     p.add_argument("--max-release", type=float, default=0.02,
                    help="--fit: the share of attacks the rules caught that the guard may release on the fitting sets")

@@ -223,7 +223,7 @@ def _threshold(scores: list[float], y: list[int], *, max_fpr: float | None = Non
     return best if max_fpr is None else 1.01  # no cut keeps within max_fpr: the head never fires
 
 
-def fit_calibration(items: list[dict[str, Any]], *, max_false_refusal: float = 0.04, max_release: float = 0.02,
+def fit_calibration(items: list[dict[str, Any]], *, max_false_refusal: float = 0.03, max_release: float = 0.02,
                     on: str = "", hidden: bool | None = None, l2: float | None = None) -> Calibration:
     """Three heads over the scorer's features (the labels' log-probabilities, and its hidden state
     when every item has one and `hidden` is not False), each threshold from out-of-fold
