@@ -54,8 +54,3 @@ def test_a_harmless_word_the_rules_refused_is_released(screener):
     assert screener.screen(text, guard=False).category == "sexual"
     d = screener.screen(text)
     assert d.decision == "allow" and d.guard.release and "released by the guard" in d.matched
-
-
-def test_one_text_is_judged_well_within_the_latency_target(screener):
-    d = screener.screen("a paper boat on a puddle after the rain")
-    assert d.guard.ms < 1500
