@@ -1,6 +1,6 @@
 """The offline profile's guard with the real GGUF and the packaged calibration: harm the word lists
 miss, a request split over turns, consent from the faces in any language, a rules refusal of a
-harmless word released, and the latency of one text."""
+harmless word released. Latency is a figure of `atelier eval screen` (p50/p95), not a test."""
 
 from __future__ import annotations
 
