@@ -6,6 +6,11 @@ EXTRAS ?= offline-llm,faces,nsfw,dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PROFILE ?= offline
+# llama.cpp is built for a portable x86-64 level (AVX2/FMA/F16C), not `-march=native`: a native build
+# on a CPU that reports AMX (Sapphire Rapids and newer) compiles ggml's AMX kernels, and in a VM that
+# does not grant the AMX tile state every batched decode segfaults (seen here: `make model` died in
+# llama_decode). Override for another CPU, e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" on bare metal.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install ui test browser model onnxruntime-gpu clean
 
@@ -14,7 +19,7 @@ PROFILE ?= offline
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(BIN)/.installed
