@@ -34,6 +34,14 @@ class LoraSpec(BaseModel):
 class EngineSettings(BaseModel):
     """Which image engine to build and how."""
 
+    # `diffusers`: the pipelines in this process (below). `openai-images`: a server of OpenAI's Images
+    # API (another Atelier, vLLM-Omni, SGLang...) at `base_url`: the way to put many GPUs behind one
+    # Atelier; screens, face checks, drift control, watermark and credentials stay here.
+    kind: Literal["diffusers", "openai-images"] = "diffusers"
+    base_url: str | None = None  # openai-images: e.g. http://gpu-1:8000/v1
+    model: str | None = None  # openai-images: the model name that server serves
+    api_key_env: str = "ATELIER_ENGINE_API_KEY"  # openai-images: the environment variable holding its key
+    timeout_s: float = Field(default=600.0, gt=0)  # openai-images: per request
     family: Literal["qwen-image", "qwen-image-2.1"] = "qwen-image"
     # `random`: the real architectures, tiny configs, random weights, built in code (tests, CI).
     # `random-full`: the real full-size architectures with random weights (GPU benchmarks).

@@ -1,4 +1,5 @@
-"""OpenAI-compatible HTTP surface: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/files/{ref}`.
+"""OpenAI-compatible HTTP surface: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/files/{ref}`,
+and OpenAI's Images API (`POST /v1/images/generations`, `POST /v1/images/edits`: `ui/images_api.py`).
 
 A thin adapter over `agent.Atelier` sessions, so Open WebUI, LibreChat or any OpenAI client can use
 Atelier as a "model". The rules it follows (also in the README):
@@ -762,6 +763,9 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return await _stream(adapter, session, lock, text, images, base, cid, created, request, include_usage)
 
+    from ui.images_api import add_images_routes
+
+    add_images_routes(app, adapter)  # OpenAI's Images API: /v1/images/generations and /v1/images/edits
     return app
 
 

@@ -24,9 +24,14 @@ def get_engine(settings: EngineSettings, *, profile: str | None = None) -> Image
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            from tools.engines.qwen import DiffusersQwenEngine
+            if settings.kind == "openai-images":
+                from tools.engines.openai_images import OpenAIImagesEngine
 
-            engine = DiffusersQwenEngine(settings, profile=profile)
+                engine = OpenAIImagesEngine(settings, profile=profile)
+            else:
+                from tools.engines.qwen import DiffusersQwenEngine
+
+                engine = DiffusersQwenEngine(settings, profile=profile)
             _ENGINES[key] = engine
         return engine
 
