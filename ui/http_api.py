@@ -40,6 +40,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -432,7 +433,7 @@ class ChatAdapter:
         if message.content is None:
             return "", []
         if isinstance(message.content, str):
-            return message.content, []
+            return strip_client_wrappers(message.content), []
         texts, images = [], []
         limit = self.atelier.profile.limits.max_images_per_turn
         count = sum(1 for part in message.content if part.type in ("image_url", "input_image"))
@@ -450,7 +451,7 @@ class ChatAdapter:
             else:
                 raise ApiError(400, f"content part {i}: type {part.type!r} is not supported "
                                "(use text and image_url)", param="messages")
-        return "\n".join(t for t in texts if t), images
+        return strip_client_wrappers("\n".join(t for t in texts if t)), images
 
     async def image_bytes(self, url: str, *, index: int) -> bytes:
         name = f"image {index}"
@@ -578,10 +579,26 @@ class ChatAdapter:
         return result
 
 
+# What chat apps wrap around the user's words: Open WebUI puts `<attached_files>...</attached_files>`
+# (the uploads it also sends as image parts) before the text. Stripped before the screens and the
+# slash-command parser see the message, so "/adjust exposure=+1" with an upload is still a command.
+CLIENT_WRAPPERS = (re.compile(r"<attached_files>.*?</attached_files>", re.S | re.I),)
+
+
+def strip_client_wrappers(text: str) -> str:
+    for pattern in CLIENT_WRAPPERS:
+        text = pattern.sub("", text)
+    return text.strip()
+
+
 def failed_turn(result) -> ApiError | None:
     """The HTTP error of a turn that failed as a whole (its checkpoint could not be saved, a crash):
     such a result carries `error.http_status` and no answer of its own, so it is never a 200."""
     error = result.error
+    if error is not None and error.code == "unknown_ref" and not result.images:
+        # an image the request named (a slash command's or a direct call's ref) is not there:
+        # the request's own mistake, a 404 like GET /v1/files/{unknown}, not a 200 saying "failed"
+        return ApiError(404, error.message or "unknown image", type="not_found_error", code="unknown_ref")
     if error is None or not error.http_status:
         return None
     status = error.http_status
@@ -629,9 +646,12 @@ def _secret(root: str) -> bytes:
     return data
 
 
-def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None,
+           atelier: dict[str, Any] | None = None) -> str:
     payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if atelier is not None:  # the last chunk carries what a non-streamed response's `atelier` carries
+        payload["atelier"] = atelier
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
@@ -791,7 +811,8 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
         async def replay():
             yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
             yield _chunk(cid, created, model, {"content": adapter.render(result, base, session.user_id)})
-            yield _chunk(cid, created, model, {}, _finish_reason(result))
+            yield _chunk(cid, created, model, {}, _finish_reason(result),
+                         _result_extra(adapter, result, base, session.user_id))
             if include_usage:
                 yield _usage_chunk(cid, created, model)
             yield "data: [DONE]\n\n"
@@ -838,7 +859,8 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
                         finished = True
                         return
                     yield _chunk(cid, created, model, {"content": adapter.render(result, base, session.user_id)})
-                    yield _chunk(cid, created, model, {}, _finish_reason(result))
+                    yield _chunk(cid, created, model, {}, _finish_reason(result),
+                                 _result_extra(adapter, result, base, session.user_id))
                     finished = True
                 # an `error` event needs nothing here: the `done` event that follows carries it
             if not finished:

@@ -416,3 +416,35 @@ def test_with_keys_a_named_thread_belongs_to_the_keys_user(keyed):
         metadata={"thread_id": "shared-name"})
     assert resp.model_extra["atelier"]["thread_id"] == "bob/shared-name"
     assert keyed.atelier.session("shared-name").history() == []  # the bare name is someone else's
+
+
+def test_an_unknown_ref_in_a_slash_command_is_a_404_not_a_200(local):
+    raw = httpx.post(local.base + "/v1/chat/completions", timeout=300, json={
+        "model": "atelier-tiny", "messages": [{"role": "user", "content": "/adjust img_0000deadbeef exposure=1"}]})
+    assert raw.status_code == 404
+    assert raw.json()["error"]["code"] == "unknown_ref" and "img_0000deadbeef" in raw.json()["error"]["message"]
+
+
+def test_open_webui_attached_files_wrapper_is_stripped_before_slash_parsing(local):
+    """Open WebUI puts `<attached_files>...</attached_files>` before the text of a message with an
+    upload; the slash command after it is still a command, on the uploaded image."""
+    text = ('<attached_files>\n<file type="image" url="/api/v1/files/abc/content" name="red.png"/>\n'
+            '</attached_files>\n\n/adjust exposure=+1')
+    resp = local.client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": [
+        {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": _png_data_url()}}]}],
+        extra_headers={"X-Atelier-Thread": "wrapped-upload"})
+    calls = resp.model_extra["atelier"]["tool_calls"]
+    assert [c["name"] for c in calls] == ["adjust_image"]
+    assert calls[0]["args"]["exposure_ev"] == 1.0
+    source = local.atelier.store.get(calls[0]["args"]["image"])
+    assert source.origin == "upload"
+
+
+def test_the_last_streamed_chunk_carries_the_atelier_object(local):
+    stream = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a green teapot"}], stream=True)
+    chunks = list(stream)
+    extras = [c.model_extra.get("atelier") for c in chunks if c.model_extra.get("atelier")]
+    assert len(extras) == 1 and chunks[-1].model_extra.get("atelier") == extras[0]
+    assert extras[0]["images"] and extras[0]["images"][0]["ref"].startswith("img_")
+    assert extras[0]["tool_calls"][0]["name"] == "generate_image"
