@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from agent.resolver import Facts
-from agent.turn import CallRecord
+from agent.resolver import Facts, Version
+from agent.turn import CallRecord, Followup
 from tools.schemas import STEP_WORDS, ToolResult
 
 
@@ -25,7 +25,10 @@ def templates() -> dict[str, Any]:
 
 
 def _t(key: str, **values: Any) -> str:
-    return templates()[key].format(**values).strip()
+    node: Any = templates()
+    for part in key.split("."):  # "line.face_kept": a template in a group
+        node = node[part]
+    return node.format(**values).strip()
 
 
 def _short(text: str, limit: int = 90) -> str:
@@ -118,7 +121,9 @@ def _corrections(result: ToolResult) -> str:
 
     faces_note = describe_checks(result.faces) if result.faces else None
     parts = [p.strip() for p in result.note.split(";") if p.strip()]
-    kept = [p for p in parts if not (faces_note and p in faces_note) and not p.startswith("after ")]
+    # the faces are said by `_faces` (a note's "... after 2 attempts" included)
+    kept = [p for p in parts if not (faces_note and (p in faces_note or p.startswith(faces_note)))
+            and not p.startswith("after ")]
     said = [p for p in kept if p.startswith(("re-aligned", "kept the untouched"))]
     other = [p for p in kept if p not in said]
     out = []
@@ -180,3 +185,94 @@ def compose(records: list[CallRecord], facts: Facts, *, withheld: int = 0, stopp
     if stopped:
         parts.append(_t("stopped"))
     return " ".join(p for p in parts if p) or _t("nothing")
+
+
+# -- a version in a few words, and the line under an image ---------------------------------------
+
+
+def version_words(version: Version, facts: Facts) -> str:
+    """What made a version, in a few words: "relit: warm (3200 K) light from the left", "uploaded
+    photo", "generated: a lighthouse at dusk" (the Versions list; the line under an image)."""
+    tool, args = version.tool, version.args
+    if tool is None:
+        return _t("version.upload")
+    if tool == "generate_image":
+        what = _short(args.get("prompt", ""), 50)
+    elif tool == "edit_image":
+        what = _short(args.get("instruction", ""), 50)
+        if args.get("references"):
+            return _t("version.edit_with_references", references=_numbers(args["references"], facts), what=what)
+    elif tool == "relight_image":
+        what = _light(args)
+    elif tool == "reframe_image":
+        what = _framing(args)
+    elif tool == "adjust_image":
+        what = _settings(args)
+    elif tool == "revert":
+        what = facts.label(args.get("image", ""))
+    else:
+        return STEP_WORDS.get(tool, tool)
+    return _t(f"version.{tool}", what=what)
+
+
+def _face_names(result: ToolResult) -> list[str]:
+    """"face 1 (the person on the left)", as every note and check names the faces."""
+    boxes = [f.box for f in result.faces]
+    if result.faces and all(boxes):
+        from tools.identity import face_labels
+
+        return face_labels([tuple(b) for b in boxes])
+    return [f"face {f.face + 1}" for f in result.faces]
+
+
+def result_line(record: CallRecord, facts: Facts, ref: str) -> str:
+    """The compact line under an image, always visible: its number and size, what changed, each
+    person kept (with the distance) or not, the drift corrected, the watermark id."""
+    result, args = record.result, record.args
+    version = facts.get(ref) or Version(ref=ref, parent=args.get("image"), tool=record.name, args=args)
+    if version.tool is None:  # the store's record of it has no call (older versions): the call's own
+        version = Version(ref=ref, parent=args.get("image"), tool=record.name, args=args)
+    source = args.get("image")
+    parts = [facts.label(ref) + (f" ({_t('version.from', parent=facts.label(source))})"
+                                 if source and record.name != "revert" else "")]
+    if result.size:
+        parts.append(f"{result.size[0]}×{result.size[1]}")
+    parts.append(version_words(version, facts))
+    changed = args.get("preserve_identity") is False
+    for face, name in zip(result.faces, _face_names(result)):
+        if face.distance is None:
+            parts.append(_t("line.face_lost", face=name))
+        elif changed:
+            parts.append(_t("line.face_changed", face=name, distance=face.distance))
+        elif face.same_person:
+            parts.append(_t("line.face_kept", face=name, distance=face.distance))
+        else:
+            parts.append(_t("line.face_drifted", face=name, distance=face.distance))
+    drift = result.drift
+    if drift:
+        corrected = []
+        if drift.get("realigned"):
+            corrected.append(_t("line.realigned", shift=drift.get("global_shift_px", 0.0)))
+        if drift.get("pasted_back", 0) > 0:
+            corrected.append(_t("line.pasted_back", percent=100 * drift["pasted_back"]))
+        parts.append(_t("line.drift_corrected", what=", ".join(corrected)) if corrected else _t("line.no_drift"))
+    if ref in result.images and len(result.watermark_ids) == len(result.images):
+        parts.append(_t("line.watermark", id=result.watermark_ids[result.images.index(ref)]))
+    return " · ".join(p for p in parts if p)
+
+
+def followups(records: list[CallRecord], facts: Facts) -> list[Followup]:
+    """Buttons under a result whose face check failed (a face lost, or another person now): the
+    same call again (a new seed each time) and back to the image it started from."""
+    for record in reversed(records):
+        result = record.result
+        if not result.ok or not result.faces or record.args.get("preserve_identity") is False:
+            continue
+        if all(f.same_person for f in result.faces):
+            return []
+        source = record.args.get("image")
+        out = [Followup(kind="retry", label=_t("followup_retry"), call={"name": record.name, "args": record.args})]
+        if source:
+            out.append(Followup(kind="back", label=_t("followup_back", source=facts.label(source)), ref=source))
+        return out
+    return []

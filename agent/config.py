@@ -66,6 +66,9 @@ class PlannerSettings(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     share_with_engine: bool = False  # planner checkpoint == pipeline text encoder: load once
     compile: bool = False
+    # scripted: seconds each reply takes to "think" (checked for a stop every 50 ms): a slow
+    # planner for tests and demos of waiting and stopping
+    think_s: float = Field(0.0, ge=0.0, le=600.0)
     # decoding
     max_tokens: int = 512
     temperature: float = 0.0

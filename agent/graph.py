@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from agent.answers import compose
 from agent.config import Profile
-from agent.planners.base import ChatModel
+from agent.planners.base import ChatModel, stoppable
 from agent.planners.checking import plan_step
 from agent.prompting import REPAIR_FLAG, say
 from agent.resolver import Facts
@@ -304,10 +304,18 @@ def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         return {}
     _emit(runtime, "status", text=say("status_planning"))
     planner = services.planner
+    cancel = runtime.context.cancel
     if hasattr(planner, "on_status"):  # a first run's prompt preparation shows as progress
         planner.on_status = lambda text, progress=None: _emit(runtime, "status", text=text, progress=progress)
+    stopped = {"stopped": True, "queue": [], "planner_calls": state.planner_calls + 1}
     try:
-        reply = planner.chat(planner_messages(state, runtime), services.tools)
+        if cancel.is_set():
+            return {**stopped, "planner_calls": state.planner_calls}
+        with stoppable(cancel.is_set):  # the stop button ends the model call at its next token
+            reply = planner.chat(planner_messages(state, runtime), services.tools)
+    except CancelledError:
+        _audit(runtime, "planner_stopped")
+        return stopped
     except Exception as err:  # noqa: BLE001 - a planner failure ends the turn with a message
         log.exception("planner failed")
         message = str(err) or type(err).__name__
@@ -319,6 +327,9 @@ def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     finally:
         if hasattr(planner, "on_status"):
             planner.on_status = None
+    if cancel.is_set():  # stopped while the model answered: nothing it planned runs
+        _audit(runtime, "planner_stopped")
+        return stopped
     step = plan_step(reply, facts_of(state, runtime), deciding=not state.calls,
                      can_repair=state.repairs < MAX_REPAIRS)
     counted = {"planner_calls": state.planner_calls + 1}
@@ -334,6 +345,8 @@ def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
 
 
 def after_plan(state: TurnState) -> Literal["plan", "screen_call", "answer", "__end__"]:
+    if state.stopped:
+        return "answer"
     if state.queue:
         return "screen_call"
     if state.direct:
@@ -388,11 +401,14 @@ def ask_consent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
     services = _services(runtime)
     call = state.call
     people = state.decision.people if state.decision else []
-    from tools.safety import consent_question, person_labels
+    from tools.safety import consent_question, person_faces
 
-    # People named as every note names them: 1-based, left to right, with where they are.
-    question = consent_question(people, person_labels(_images(runtime), people, services.analyzer))
-    approved = interrupt({"question": question, "people": people, "call": {"name": call.name, "args": call.args}})
+    # People named as every note names them: 1-based, left to right, with where they are (and
+    # their face boxes, so a surface can show each face).
+    faces = person_faces(_images(runtime), people, services.analyzer)
+    question = consent_question(people, [face["label"] for face in faces])
+    approved = interrupt({"question": question, "people": people, "call": {"name": call.name, "args": call.args},
+                          "faces": faces})
     approved = approved.get("approved") if isinstance(approved, dict) else bool(approved)
     _audit(runtime, "consent", call=_j(call), people=people, approved=bool(approved))
     if approved:

@@ -45,7 +45,7 @@ from agent.config import Profile, _deep_merge, load_profile
 from agent.graph import Services, TurnContext, TurnState, assistant_message, build_graph
 from agent.planners.base import ChatModel, ToolCall
 from agent.turn import (ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, EventKind, OutputImage, PendingCall,
-                        TurnError, TurnEvent, TurnResult, AnswerEvent)
+                        TurnError, TurnEvent, TurnResult, AnswerEvent, VersionEntry)
 from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
 from tools.dbfile import check_sqlite_file, sqlite_path
@@ -224,6 +224,7 @@ class Session:
         self.key = thread_key(user_id, thread_id)
         self.images = app.images_for(user_id)
         self._cancel = threading.Event()
+        self._worker: asyncio.Future | None = None  # the worker of the latest async turn
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -246,6 +247,34 @@ class Session:
     def history(self) -> list[ImageVersion]:
         """Every image version of this session, oldest first (a tree through `parent`)."""
         return self.images.history(self.key)
+
+    def facts(self):
+        """The chat's versions, numbered as every answer and list names them (agent.resolver.Facts)."""
+        from agent.resolver import Facts
+
+        return Facts.of(self.history(), self.current)
+
+    def timeline(self) -> list[VersionEntry]:
+        """Every version of this chat, oldest first, as a Versions list shows it: its number, what
+        made it in words ("relit: warm light from the left"), the version it came from."""
+        from agent.answers import version_words
+
+        facts = self.facts()
+        return [VersionEntry(ref=v.ref, number=i, made=version_words(v, facts), parent=v.parent,
+                             parent_number=facts.number(v.parent) if v.parent else None,
+                             current=v.ref == facts.current)
+                for i, v in enumerate(facts.versions, 1)]
+
+    def image_line(self, ref: str) -> str:
+        """The compact line under one of this chat's images (its number, size and what made it),
+        for an image shown outside a turn (a reopened chat, undo, branch)."""
+        from agent.answers import version_words
+
+        facts = self.facts()
+        version, stored = facts.get(ref), self.version(ref)
+        made = version_words(version, facts) if version else ""
+        parts = [facts.label(ref), f"{stored.width}×{stored.height}", made]
+        return " · ".join(p for p in parts if p)
 
     # -- images (surfaces reach stored images only through these: the user's own) ---------------
     def version(self, ref: str) -> ImageVersion:
@@ -322,6 +351,14 @@ class Session:
 
     def call_tool(self, name: str, args: dict[str, Any]) -> TurnResult:
         """Run one tool through the same screens, seal and audit, without the planner."""
+        return _last_result(self._run(self._call_input(name, args)))
+
+    def astream_call(self, name: str, args: dict[str, Any]) -> AsyncIterator[TurnEvent]:
+        """`call_tool` as a stream of events (a chat's "try again" button shows its progress)."""
+        inp = self._call_input(name, args)  # raises before any event, like astream()
+        return self._aiterate(lambda: self._run(inp))
+
+    def _call_input(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         for key, value in (args or {}).items() if isinstance(args, dict) else ():
             if isinstance(value, str):
                 self._check_length(value, f"{name}: {key}")
@@ -329,7 +366,7 @@ class Session:
         self._decline_pending()
         call = ToolCall(name, dict(args or {}))
         text = f"/{name} {json.dumps(call.args, ensure_ascii=False)}"
-        return _last_result(self._run(self._direct_input(text, call, [])))
+        return self._direct_input(text, call, [])
 
     def resume(self, approved: bool) -> TurnResult:
         """Answer the pending consent question and finish the turn."""
@@ -375,7 +412,8 @@ class Session:
                 loop.call_soon_threadsafe(queue.put_nowait, finished)
 
         task = loop.run_in_executor(None, worker)
-        done = False
+        self._worker = task
+        done = stopped = False
         try:
             while True:
                 item = await queue.get()
@@ -385,10 +423,29 @@ class Session:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+        except asyncio.CancelledError:
+            stopped = True
+            raise
         finally:
-            if not done:  # the consumer went away (closed stream, disconnect): stop the work
+            if not done:  # the consumer went away (stop, closed stream, disconnect): stop the work
                 self.cancel()
-            await task
+            if not stopped:
+                await task
+            # A cancelled consumer (the stop button) ends now: the worker stops at its next step
+            # (a denoising step, a planner token) and ends the turn as stopped; `wait_stopped`
+            # waits for it, and the next turn of the thread waits for its lease anyway.
+
+    @property
+    def stopping(self) -> bool:
+        """A stopped turn's work is still ending (its engine or planner has not reached its next step)."""
+        worker = self._worker
+        return worker is not None and not worker.done()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the work of a stopped turn has ended (returns at once when none runs)."""
+        worker = self._worker
+        if worker is not None and not worker.done():
+            await asyncio.wait([worker])
 
     # -- internals --------------------------------------------------------------------------
     def _check_length(self, text: str, what: str = "the message") -> None:
@@ -504,11 +561,17 @@ class Session:
     def _result(self, snap=None) -> TurnResult:
         snap = snap if snap is not None else self._snapshot()
         state = TurnState.model_validate(snap.values)
+        from agent.answers import followups, result_line
+        from agent.resolver import Facts
+
+        facts = Facts.of(self.history(), state.current)
         images = []
         for ref in state.images:
             version = self.images.get(ref)
+            made_by = next((r for r in reversed(state.calls) if ref in r.result.images), None)
             images.append(OutputImage(ref=ref, path=self.images.local_path(ref), width=version.width,
-                                      height=version.height))
+                                      height=version.height, number=facts.number(ref),
+                                      line=result_line(made_by, facts, ref) if made_by else ""))
         return TurnResult(
             thread_id=self.thread_id,
             answer=state.answer,
@@ -518,6 +581,7 @@ class Session:
             refused=state.refused,
             error=state.error,
             planner_calls=state.planner_calls,
+            followups=followups(state.calls, facts),
         )
 
 

@@ -9,7 +9,8 @@ Chainlit app, the HTTP API, MCP, the CLI) share these models; nothing reads a tu
 - `Screening`: the safety screen's decision on a request, an upload, a call or a result.
 - `Staged`: a result the engine staged (a staging id, never bytes) before it is screened and sealed.
 - `CallRecord`: a finished call with its `ToolResult`.
-- `Refusal`, `TurnError`, `OutputImage`, `ConsentQuestion`, `TurnResult`.
+- `Refusal`, `TurnError`, `OutputImage`, `PersonFace`, `ConsentQuestion`, `Followup`, `TurnResult`.
+- `VersionEntry`: one version of the chat as a Versions list shows it.
 - `TurnEvent`: a discriminated union (`kind`) of the steps a turn streams.
 
 The checkpoint holds these as JSON (`model_dump(mode="json")`): a thread saved by one version of
@@ -99,12 +100,47 @@ class OutputImage(_Model):
     path: str = ""
     width: int = 0
     height: int = 0
+    number: int | None = None  # its number in the chat ("#3"), as every list and answer names it
+    line: str = ""  # the compact line a surface shows under it (agent.answers.result_line)
+
+
+class PersonFace(_Model):
+    """One person a consent question is about: the key consent is recorded under, how every note
+    names them ("face 2 (the person on the right)"), and where the face is, for a crop."""
+
+    key: str
+    label: str
+    ref: str | None = None
+    box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) in `ref`
 
 
 class ConsentQuestion(_Model):
     question: str
     people: list[str] = Field(default_factory=list)
     call: dict[str, Any] = Field(default_factory=dict)  # {"name", "args"} of the call that waits
+    faces: list[PersonFace] = Field(default_factory=list)  # `people` as people, in the same order
+
+
+class Followup(_Model):
+    """A next step a surface offers as a button under a result whose face check failed: the same
+    call again (`retry`, a new seed), or back to the image it started from (`back`)."""
+
+    kind: Literal["retry", "back"]
+    label: str
+    call: dict[str, Any] = Field(default_factory=dict)  # retry: {"name", "args"}
+    ref: str | None = None  # back: the version to return to
+
+
+class VersionEntry(_Model):
+    """One version of a chat as the Versions list shows it: its number, what made it in words
+    ("relit: warm light from the left"), the number of the version it came from."""
+
+    ref: str
+    number: int
+    made: str
+    parent: str | None = None
+    parent_number: int | None = None
+    current: bool = False
 
 
 class TurnResult(_Model):
@@ -118,6 +154,7 @@ class TurnResult(_Model):
     refused: Refusal | None = None
     error: TurnError | None = None
     planner_calls: int = 0  # model calls this turn made (a turn whose calls all succeed makes one)
+    followups: list[Followup] = Field(default_factory=list)  # buttons for a result whose faces failed
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -171,6 +208,7 @@ class ConsentEvent(_Event):
     question: str
     people: list[str] = Field(default_factory=list)
     call: dict[str, Any] = Field(default_factory=dict)
+    faces: list[PersonFace] = Field(default_factory=list)
 
 
 class RefusalEvent(_Event):

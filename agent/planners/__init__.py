@@ -21,7 +21,7 @@ def build_planner(profile: Profile) -> ChatModel:
     if settings.kind == "scripted":
         from agent.planners.scripted import ScriptedModel
 
-        return ScriptedModel()
+        return ScriptedModel(think_s=settings.think_s)
     if settings.kind == "gguf":
         from agent.planners.gguf import GGUFPlanner
 

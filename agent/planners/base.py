@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import abc
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,3 +54,27 @@ class ChatModel(abc.ABC):
 
     def close(self) -> None:  # release weights / connections
         return None
+
+
+# -- stopping a model call -----------------------------------------------------------------------
+# The graph's `plan` node runs the model call inside `stoppable(cancel.is_set)`; a backend that
+# can stop mid-call (between generated tokens, between sleeps) checks `stop_requested()` and
+# raises `tools.errors.CancelledError`. A context variable, not an attribute of the planner: one
+# planner serves every session of the process, each with its own stop button.
+_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("atelier_planner_stop", default=None)
+
+
+@contextmanager
+def stoppable(check: Callable[[], bool]) -> Iterator[None]:
+    """Model calls made inside the block stop when `check()` turns true."""
+    token = _STOP.set(check)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def stop_requested() -> bool:
+    """Whether the turn whose model call is running was asked to stop."""
+    check = _STOP.get()
+    return bool(check is not None and check())

@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.planners.base import ChatModel, PlannerReply, ToolCall
+from agent.planners.base import ChatModel, PlannerReply, ToolCall, stop_requested
 from agent.planners.gguf_assets import locate_gguf
 from agent.planners.parsing import format_tool_call, parse_tool_calls
-from tools.errors import ModelUnavailableError
+from tools.errors import CancelledError, ModelUnavailableError
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple, Any] = {}
@@ -518,6 +518,18 @@ def save_prefix(llm, path: Path, prefix: list[int]) -> None:
         pass
 
 
+def _stop_criteria():
+    """llama.cpp ends generation at the next token once the turn was asked to stop."""
+    from llama_cpp import StoppingCriteriaList
+
+    return StoppingCriteriaList([lambda _ids, _logits: stop_requested()])
+
+
+def _raise_if_stopped() -> None:
+    if stop_requested():
+        raise CancelledError("stopped by the user")
+
+
 class GGUFPlanner(ChatModel):
     """`ChatModel` over a local GGUF Qwen model (see the module docstring)."""
 
@@ -691,7 +703,8 @@ class GGUFPlanner(ChatModel):
         grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
         extra = {"logit_bias": logit_bias} if logit_bias else {}
         out = llm.create_completion(tokens, max_tokens=min(max_tokens, budget), grammar=grammar, temperature=0.0,
-                                    top_k=1, stop=stop, **extra)
+                                    top_k=1, stop=stop, stopping_criteria=_stop_criteria(), **extra)
+        _raise_if_stopped()
         usage = out.get("usage", {})
         for key in ("prompt_tokens", "completion_tokens"):
             self.last_usage[key] = self.last_usage.get(key, 0) + int(usage.get(key) or 0)
@@ -753,8 +766,9 @@ class GGUFPlanner(ChatModel):
         out = llm.create_completion(
             tokens, max_tokens=min(self.settings.max_tokens, budget), grammar=grammar,
             temperature=self.settings.temperature, top_k=1 if self.settings.temperature == 0 else 40,
-            stop=STOP,
+            stop=STOP, stopping_criteria=_stop_criteria(),
         )
+        _raise_if_stopped()
         text = out["choices"][0]["text"]
         self.last_usage = out.get("usage", {})
         return repair_tool_names(parse_tool_calls(text), tools)

@@ -12,10 +12,12 @@ answer. It never pretends to understand anything else.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.planners.base import ChatModel, PlannerReply, ToolCall
+from agent.planners.base import ChatModel, PlannerReply, ToolCall, stop_requested
+from tools.errors import CancelledError
 
 Script = Callable[[list[dict[str, Any]]], PlannerReply]
 
@@ -55,8 +57,13 @@ class ScriptedModel(ChatModel):
         script: Iterable[PlannerReply | str | dict[str, Any]] | Script | None = None,
         *,
         then: PlannerReply | str | None = "Done.",
+        think_s: float = 0.0,
     ):
         self.calls: list[list[dict[str, Any]]] = []  # the messages of every call, for assertions
+        self.think_s = float(think_s)  # each reply takes this long (a stop ends the wait)
+        # where a slow reply says how long it takes (set by the graph's plan node, as for the GGUF
+        # planner's first-run preparation)
+        self.on_status: Callable[..., None] | None = None
         if script is None:
             self._fn: Script | None = demo_script
             self._queue: list[PlannerReply] = []
@@ -66,8 +73,19 @@ class ScriptedModel(ChatModel):
             self._fn, self._queue = None, [_as_reply(item) for item in script]
         self._then = None if then is None else _as_reply(then)
 
+    def _think(self) -> None:
+        if self.on_status is not None:
+            self.on_status(f"planning (this planner takes {self.think_s:g} s)")
+        end = time.monotonic() + self.think_s
+        while time.monotonic() < end:
+            if stop_requested():
+                raise CancelledError("stopped by the user")
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PlannerReply:
         self.calls.append([dict(m) for m in messages])
+        if self.think_s:
+            self._think()
         if self._fn is not None:
             return _as_reply(self._fn(messages))
         if self._queue:

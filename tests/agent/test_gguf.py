@@ -337,11 +337,16 @@ class _ScriptedLlama:
     def tokenize(self, data, add_bos=False, special=True):
         return list(data)
 
-    def create_completion(self, tokens, max_tokens, grammar, temperature, top_k, stop, logit_bias=None):
+    def create_completion(self, tokens, max_tokens, grammar, temperature, top_k, stop, logit_bias=None,
+                          stopping_criteria=None):
         self.calls.append({"prompt": bytes(tokens).decode("utf-8"), "grammar": grammar, "max_tokens": max_tokens,
                            "logit_bias": logit_bias})
-        text = self.answers.pop(0)
-        return {"choices": [{"text": text}], "usage": {"prompt_tokens": len(tokens), "completion_tokens": 3}}
+        text, out = self.answers.pop(0), ""
+        for char in text:  # one token per character; llama.cpp asks the criteria after each token
+            out += char
+            if stopping_criteria is not None and any(c(list(tokens), None) for c in stopping_criteria):
+                break
+        return {"choices": [{"text": out}], "usage": {"prompt_tokens": len(tokens), "completion_tokens": len(out)}}
 
 
 def _scripted_planner(monkeypatch, answers, **settings):
@@ -387,3 +392,26 @@ def test_close_bias_favours_closing_the_arguments_only_while_writing_them(monkey
     off = _scripted_planner(monkeypatch, [" adjust", ' {"exposure_ev": 1}'])
     off.chat(_two_step_messages(), plan_json_schemas())
     assert off._llm.calls[1]["logit_bias"] is None
+
+
+def test_a_stop_ends_the_model_call_at_its_next_token(monkeypatch):
+    """The stop button while the planner writes: generation ends at the next token and the call
+    raises CancelledError (the plan node ends the turn as stopped), nothing half-written is parsed."""
+    from agent.planners.base import stoppable
+    from tools.errors import CancelledError
+
+    planner = _scripted_planner(monkeypatch, [" relight", ' {"direction": "left", "light": "warm"}'])
+    asked = []
+
+    def stop_after_the_kind() -> bool:
+        asked.append(len(planner._llm.calls))
+        return len(planner._llm.calls) == 2  # once the arguments are being written
+
+    with stoppable(stop_after_the_kind), pytest.raises(CancelledError):
+        planner.chat(_two_step_messages(), plan_json_schemas())
+    assert len(planner._llm.calls) == 2
+    assert asked.count(1) == len(" relight") + 1  # the kind: asked after each token and once after, not stopped
+    assert asked.count(2) == 2  # the arguments: stopped at their first token, then the check that raised
+    # outside a stoppable block nothing stops
+    again = _scripted_planner(monkeypatch, [" relight", ' {"direction": "left"}'])
+    assert again.chat(_two_step_messages(), plan_json_schemas()).tool_calls[0].name == "relight_image"

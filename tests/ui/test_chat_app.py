@@ -267,16 +267,44 @@ def test_settings_become_overrides_only_when_changed():
     assert load_profile("tiny", render.settings_overrides(changed, tiny), environ={}).engine.steps == 6
 
 
-def test_versions_summary_marks_current_and_parents():
-    versions = [
-        {"ref": "img_aaaaaaaaaaaa", "parent": None, "origin": "upload", "tool_call": None},
-        {"ref": "img_bbbbbbbbbbbb", "parent": "img_aaaaaaaaaaaa", "origin": "edited",
-         "tool_call": {"name": "relight_image", "args": {}}},
+def test_versions_text_numbers_each_version_with_the_step_that_made_it():
+    from agent.turn import VersionEntry
+
+    entries = [
+        VersionEntry(ref="img_aaaaaaaaaaaa", number=1, made="uploaded photo"),
+        VersionEntry(ref="img_bbbbbbbbbbbb", number=2, made="relit: warm (3200 K) light from the left",
+                     parent="img_aaaaaaaaaaaa", parent_number=1, current=True),
     ]
-    rows = render.versions_summary(versions, "img_bbbbbbbbbbbb")
-    assert [r["made_by"] for r in rows] == ["upload", "relight_image"]
-    assert [r["current"] for r in rows] == [False, True]
-    assert rows[1]["label"] == "img_bbbbbbbbbbbb — relight_image from img_aaaaaaaaaaaa"
+    text = render.versions_text(entries)
+    assert "- **#1** uploaded photo\n" in text
+    assert "- **#2** relit: warm (3200 K) light from the left — from #1 **(current)**" in text
+    assert "img_" not in text  # versions are named by number and step, never by ref
+
+
+def test_sheets_keep_the_order_and_write_each_label_under_its_picture(tmp_path):
+    colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
+    items = []
+    for k, colour in enumerate(colours):
+        path = tmp_path / f"v{k}.png"
+        Image.new("RGB", (300, 150), colour).save(path)
+        items.append((str(path), f"#{k + 1} relit: warm light from the left"))
+    sheet = Image.open(io.BytesIO(render.versions_sheet(items)))
+    side, band = render.THUMB_SIDE, 2 * render.LABEL_BAND
+    assert sheet.height == side + band  # one row of three
+    for k, colour in enumerate(colours):  # left to right, oldest first
+        x = k * (side + 6)
+        assert sheet.getpixel((x + side // 2, side // 2)) == colour
+        label = sheet.crop((x, side, x + side, side + band)).convert("L")
+        assert label.getextrema()[0] < 100  # words are written under each picture
+    # a face is its box (with a margin) of the source, enlarged to the crop size
+    photo = tmp_path / "group.png"
+    group = Image.new("RGB", (200, 100), (0, 0, 0))
+    group.paste((250, 10, 10), (120, 20, 160, 60))
+    group.save(photo)
+    faces = Image.open(io.BytesIO(render.faces_sheet([(str(photo), (120, 20, 160, 60), "face 2 (the person on the right)")])))
+    assert faces.size == (render.FACE_SIDE, render.FACE_SIDE + 3 * render.LABEL_BAND)
+    assert faces.getpixel((render.FACE_SIDE // 2, render.FACE_SIDE // 2)) == (250, 10, 10)
+    assert faces.getpixel((2, 2)) == (0, 0, 0)  # the margin shows what is around the face
 
 
 def test_closing_text_explains_refusals_errors_and_stops():

@@ -18,11 +18,11 @@ from tools.safety.images import FaceGallery, ImageScreener
 from tools.safety.ratelimit import RateLimiter
 from tools.safety.guard import Calibration, GuardVerdict, LabelGuard, Qwen3Guard, ScreenContext
 from tools.safety.screener import Decision, Guard, GuardBackend, PromptScreener, refusal_reason
-from tools.safety.tool_calls import consent_question, person_keys, person_labels, screen_tool_call
+from tools.safety.tool_calls import consent_question, person_faces, person_keys, person_labels, screen_tool_call
 
 __all__ = [
     "AuditLog", "Calibration", "Decision", "FaceGallery", "Guard", "GuardBackend", "GuardVerdict", "ImageScreener",
     "LabelGuard", "PromptScreener", "Qwen3Guard", "RateLimitedError", "RateLimiter", "ScreenContext",
-    "consent_question", "person_keys", "person_labels", "refusal_reason",
+    "consent_question", "person_faces", "person_keys", "person_labels", "refusal_reason",
     "screen_tool_call",
 ]

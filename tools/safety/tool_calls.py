@@ -17,6 +17,8 @@ uploaded photo looks (once per person per session).
 
 from __future__ import annotations
 
+from typing import Any
+
 from tools.safety.guard import ScreenContext
 from tools.safety.screener import Decision, PromptScreener, guard_refusal, reasons, releasable
 from tools.schemas import ToolArgs
@@ -150,32 +152,42 @@ def image_history(store, ref: str) -> list[str]:
     return out
 
 
-def person_labels(store, keys: list[str], analyzer=None) -> list[str]:
-    """How a person reads each key of `person_keys`: "face 1 (the person on the left)", numbered
-    from 1 left to right as in every note and check; " in <upload ref>" added when the keys come
-    from more than one photo, "the people in <upload ref>" for a whole-photo key."""
+def person_faces(store, keys: list[str], analyzer=None) -> list[dict[str, Any]]:
+    """Each key of `person_keys` as a person reads it, with where its face is: {"key", "label",
+    "ref", "box"}. The label is "face 1 (the person on the left)", numbered from 1 left to right as
+    in every note and check (" in <upload ref>" added when the keys come from more than one photo,
+    "the people in <upload ref>" for a whole-photo key); `box` (left, top, right, bottom) in `ref`,
+    None when no analyser found it."""
     from tools.identity import face_labels
 
     roots = list(dict.fromkeys(key.split("#", 1)[0] for key in keys))
-    labels_of: dict[str, list[str] | None] = {}
+    found: dict[str, tuple[list[str], list[tuple[int, int, int, int]]] | None] = {}
     out = []
     for key in keys:
         root, _, index = key.partition("#")
         where = f" in {root}" if len(roots) > 1 else ""
         if not index.isdigit():
-            out.append(f"the people in {root}")
+            out.append({"key": key, "label": f"the people in {root}", "ref": root, "box": None})
             continue
-        if root not in labels_of:
+        if root not in found:
             try:
                 image = store.open(root)
-                boxes = [tuple(f.box) for f in analyzer.faces(image)]
-                labels_of[root] = face_labels(boxes, image.width)
+                boxes = [tuple(int(v) for v in f.box) for f in analyzer.faces(image)]
+                found[root] = (face_labels(boxes, image.width), boxes)
             except Exception:  # noqa: BLE001 - no analyser or no boxes: the number alone
-                labels_of[root] = None
-        labels = labels_of[root]
+                found[root] = None
         i = int(index)
-        out.append((labels[i] if labels is not None and i < len(labels) else f"face {i + 1}") + where)
+        known = found[root]
+        if known is not None and i < len(known[0]):
+            out.append({"key": key, "label": known[0][i] + where, "ref": root, "box": known[1][i]})
+        else:
+            out.append({"key": key, "label": f"face {i + 1}{where}", "ref": root, "box": None})
     return out
+
+
+def person_labels(store, keys: list[str], analyzer=None) -> list[str]:
+    """How a person reads each key of `person_keys` (the labels of `person_faces`)."""
+    return [face["label"] for face in person_faces(store, keys, analyzer)]
 
 
 def consent_question(people: list[str], labels: list[str] | None = None) -> str:

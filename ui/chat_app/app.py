@@ -27,9 +27,9 @@ from chainlit.server import app as fastapi_app
 from chainlit.utils import utc_now
 
 from agent.config import load_profile
-from agent.turn import (AnswerEvent, ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, ImageEvent, OutputImage,
-                        ProgressEvent, Refusal, RefusalEvent, StatusEvent, ToolEndEvent, ToolStartEvent, TurnError,
-                        TurnEvent, TurnResult)
+from agent.turn import (AnswerEvent, ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, Followup, ImageEvent,
+                        OutputImage, ProgressEvent, Refusal, RefusalEvent, StatusEvent, ToolEndEvent, ToolStartEvent,
+                        TurnError, TurnEvent, TurnResult)
 from tools.errors import AtelierError, RateLimitedError
 from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
 from ui.chat_app import render
@@ -106,6 +106,7 @@ _RUNNING: dict[str, asyncio.Task] = {}  # thread id -> the turn running on it (a
 _STOPPING: set[str] = set()  # threads whose running turn was asked to stop
 _ASKING: dict[str, asyncio.Task] = {}  # thread id -> the turn waiting on a consent answer
 _LEFT: set[str] = set()  # threads whose browser left while a consent question was open
+_VIEWS: dict[str, "TurnView"] = {}  # thread id -> the view of its running turn (stop clears its status)
 
 
 def studio(overrides: dict[str, Any]):
@@ -165,13 +166,50 @@ def chat_settings(values: dict[str, Any] | None = None) -> cl.ChatSettings:
     ])
 
 
-def _version_actions(current: str | None) -> list[cl.Action]:
-    actions = [cl.Action(name="versions", payload={}, label="Versions", icon="history",
-                         tooltip="Every image of this chat, with branch from here")]
-    if current:
-        actions.insert(0, cl.Action(name="undo", payload={"ref": current}, label="Undo", icon="undo-2",
-                                    tooltip="Go back to the version before this one"))
+def result_actions(ref: str | None, followups: list[Followup] = ()) -> list[cl.Action]:
+    """The buttons under a result: a failed face check's next steps first (another try, back to
+    the source), then the history tree: branch from this image, undo, every version."""
+    actions = []
+    for followup in followups:
+        if followup.kind == "retry":
+            actions.append(cl.Action(name="retry", payload={"call": followup.call}, label=followup.label,
+                                     icon="refresh-cw", tooltip="Run the same change again (a new attempt)"))
+        elif followup.ref:
+            actions.append(cl.Action(name="branch", payload={"ref": followup.ref}, label=followup.label,
+                                     icon="arrow-left", tooltip="Make the image this one started from current again"))
+    if ref:
+        actions.append(cl.Action(name="branch", payload={"ref": ref}, label=TEXTS["action_branch"], icon="git-branch",
+                                 tooltip="Make this image the current one: the next change starts from it"))
+        actions.append(cl.Action(name="undo", payload={"ref": ref}, label=TEXTS["action_undo"], icon="undo-2",
+                                 tooltip="Go back to the version before the current one"))
+    actions.append(cl.Action(name="versions", payload={}, label=TEXTS["action_versions"], icon="history",
+                             tooltip="Every image of this chat, with what made it"))
     return actions
+
+
+RESULT_KEY = "atelier"  # message metadata: {"ref": the image the buttons act on, "followups": [...]}
+
+
+def _result_metadata(ref: str | None, followups: list[Followup] = ()) -> dict[str, Any]:
+    return {RESULT_KEY: {"ref": ref, "followups": [f.model_dump(mode="json") for f in followups]}}
+
+
+async def send_result(content: str, images: list[OutputImage], followups: list[Followup] = ()) -> None:
+    """A message with images: the text, each image with its compact line under it (always
+    visible), and the buttons; what the buttons need is kept in the message's metadata, so a
+    reopened chat rebuilds them (`on_chat_resume`)."""
+    elements: list[Any] = []
+    shown = [img for img in images if img.path and Path(img.path).is_file()]
+    for img in shown:
+        elements.append(cl.Image(path=img.path, name=img.ref, display="inline", size="large"))
+    for img in shown:
+        if img.line:
+            elements.append(cl.Text(name=f"#{img.number}" if img.number else img.ref, content=img.line,
+                                    display="inline"))
+    ref = shown[-1].ref if shown else None
+    await cl.Message(content=content, elements=elements, author="Atelier",
+                     actions=result_actions(ref, followups) if shown else [],
+                     metadata=_result_metadata(ref, followups) if shown else None).send()
 
 
 # -- lifecycle --------------------------------------------------------------------------------
@@ -192,7 +230,42 @@ async def on_chat_resume(thread):
         cl.user_session.set("overrides", {})
     await chat_settings(values if isinstance(values, dict) else {}).send()
     # not awaited: Chainlit shows the thread only after this callback returns
+    asyncio.create_task(_rebuild_actions(thread))
     asyncio.create_task(_ask_pending_consent(_thread_id()))
+
+
+def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[Followup]]]:
+    """(message id, image ref, followups) of every result message of a stored thread, from the
+    metadata `send_result` kept (Chainlit stores messages and images, not their buttons)."""
+    out = []
+    for step in thread.get("steps") or []:
+        meta = step.get("metadata") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except json.JSONDecodeError:
+                continue
+        kept = meta.get(RESULT_KEY) if isinstance(meta, dict) else None
+        if not isinstance(kept, dict) or not step.get("id"):
+            continue
+        followups = []
+        for item in kept.get("followups") or []:
+            try:
+                followups.append(Followup.model_validate(item))
+            except ValueError:
+                continue
+        out.append((str(step["id"]), kept.get("ref"), followups))
+    return out
+
+
+async def _rebuild_actions(thread: dict[str, Any]) -> None:
+    """The buttons of a reopened chat's results, sent again for their messages."""
+    try:
+        for message_id, ref, followups in stored_results(thread):
+            for action in result_actions(ref, followups):
+                await action.send(for_id=message_id)
+    except Exception:  # noqa: BLE001 - a chat without its buttons still reads
+        log.exception("could not rebuild the buttons of thread %s", thread.get("id"))
 
 
 @cl.on_settings_update
@@ -208,6 +281,9 @@ async def on_settings_update(values: dict[str, Any]):
 @cl.on_stop
 async def on_stop():
     _STOPPING.add(_thread_id())
+    view = _VIEWS.get(_thread_id())
+    if view is not None:  # "planning…" goes at once, whatever the worker is still finishing
+        await view.show_status(None)
     known = _SESSIONS.get((_thread_id(), _user_id()))
     if known is not None:
         try:
@@ -248,6 +324,9 @@ class TurnView:
         self.refusal: Refusal | None = None
         self.error: TurnError | None = None
         self.current: str | None = None
+        self.followups: list[Followup] = []
+        self.reverted: str | None = None  # the version a revert made current (shown like a result)
+        self.running: str | None = None  # the tool whose step is open (a stop says which one ends)
 
     async def show_status(self, text: str | None) -> None:
         """A transient line while nothing else shows progress (screening, planning: the offline
@@ -280,6 +359,7 @@ class TurnView:
             step.start = utc_now()  # start without end: the UI shows it as running
             await step.send()
             self.steps[event.call_id or str(len(self.steps))] = step
+            self.running = event.name
         elif isinstance(event, ProgressEvent):
             step = self.steps.get(event.call_id)
             self._denoising_total[event.call_id] = event.total
@@ -298,6 +378,9 @@ class TurnView:
                 await step.send()
             step.output = render.tool_output(event.result, self._denoising_total.get(event.call_id))
             step.end = utc_now()
+            self.running = None
+            if event.name == "revert" and event.result.ok and event.result.current:
+                self.reverted = event.result.current
             if not event.result.ok or event.result.error:
                 step.is_error = True
             await step.update()
@@ -305,7 +388,8 @@ class TurnView:
             self.images.append(OutputImage(ref=event.ref, path=event.path, width=event.width, height=event.height))
             self.current = event.ref or self.current
         elif isinstance(event, ConsentEvent):
-            self.consent = ConsentQuestion(question=event.question, people=event.people, call=event.call)
+            self.consent = ConsentQuestion(question=event.question, people=event.people, call=event.call,
+                                           faces=event.faces)
             for step in self.steps.values():
                 if step.end is None:
                     step.output = "waiting for your answer to the consent question"
@@ -322,10 +406,17 @@ class TurnView:
     def absorb_result(self, result: TurnResult) -> None:
         """Fill in from the TurnResult of the `done` event: the source of truth for the turn."""
         self.answer = result.answer or self.answer
-        for image in result.images:
-            if all(image.ref != seen.ref for seen in self.images):
+        for image in result.images:  # the result's own records carry the line under each image
+            known = next((k for k, seen in enumerate(self.images) if seen.ref == image.ref), None)
+            if known is None:
                 self.images.append(image)
-                self.current = image.ref
+            else:
+                self.images[known] = image
+            self.current = image.ref
+        self.followups = list(result.followups)
+        for record in result.tool_calls:
+            if record.name == "revert" and record.result.ok and record.result.current:
+                self.reverted = record.result.current
         self.consent = result.consent
         self.refusal = result.refused or self.refusal
         self.error = result.error or self.error
@@ -343,22 +434,56 @@ class TurnView:
     def closing_text(self, has_images: bool) -> str:
         return render.closing_text(self.answer, self.refusal, self.error, has_images)
 
-    async def finish(self) -> None:
-        """The closing message: the text with the turn's images inline and the version actions."""
-        elements = [
-            cl.Image(path=img.path, name=img.ref or Path(img.path).stem, display="inline", size="large")
-            for img in self.images
-            if img.path and Path(img.path).is_file()
-        ]
-        await cl.Message(content=self.closing_text(bool(elements)), elements=elements, author="Atelier",
-                         actions=_version_actions(self.current) if elements else []).send()
+    async def finish(self, session) -> None:
+        """The closing message: the text, the turn's images each with its line, and the buttons.
+        A revert (`/undo`, the Undo button) shows the version it made current, the same way."""
+        images = list(self.images)
+        if not images and self.reverted:
+            images = [await asyncio.to_thread(shown_image, session, self.reverted)]
+        shown = [img for img in images if img.path and Path(img.path).is_file()]
+        await send_result(self.closing_text(bool(shown)), shown, self.followups)
+
+    def stop_text(self) -> str:
+        """What a stop ended: planning (nothing ran) or the tool whose step was open."""
+        if self.running:
+            return TEXTS["stopped_running"].format(tool=self.running)
+        return TEXTS["stopped_planning"]
 
 
-async def _ask_consent(consent: ConsentQuestion) -> bool | None:
-    people = consent.people
+def shown_image(session, ref: str) -> OutputImage:
+    """One of the chat's versions as a result shows it (outside a turn: undo, branch)."""
+    version = session.version(ref)
+    facts = session.facts()
+    return OutputImage(ref=ref, path=session.image_path(ref), width=version.width, height=version.height,
+                       number=facts.number(ref), line=session.image_line(ref))
+
+
+async def _show_people(session, consent: ConsentQuestion) -> None:
+    """The faces a consent question is about, cropped and labelled as every check names them,
+    in their numbered order (one picture, so the order holds wherever it is shown)."""
+    items = []
+    for face in consent.faces:
+        if face.ref is None or face.box is None:
+            continue
+        try:
+            items.append((await asyncio.to_thread(session.image_path, face.ref), face.box, face.label))
+        except AtelierError:
+            continue
+    if not items:
+        return
+    try:
+        data = await asyncio.to_thread(render.faces_sheet, items)
+    except (OSError, ValueError):
+        log.exception("could not crop the faces of a consent question")
+        return
+    text = render.consent_people_text([label for _, _, label in items])
+    await cl.Message(content=text, author="Atelier", elements=[
+        cl.Image(content=data, name="people.png", display="inline", size="large", mime="image/png")]).send()
+
+
+async def _ask_consent(session, consent: ConsentQuestion) -> bool | None:
     question = consent.question or "This edit changes the face of a real person. Do you have their consent?"
-    if people:
-        question += "\n\nPeople: " + ", ".join(f"`{p}`" for p in people)
+    await _show_people(session, consent)
     answer = await cl.AskActionMessage(
         content=question,
         actions=[
@@ -375,13 +500,25 @@ async def _ask_consent(consent: ConsentQuestion) -> bool | None:
 
 async def _run_turn(session, text: str, images: list[NamedImage]) -> None:
     view = TurnView()
+    thread_id = _thread_id()
+    _VIEWS[thread_id] = view
     try:
         async for event in session.astream(text, images=images):
             await view.handle(event)
         await _answer_consent_and_finish(session, view)
     except asyncio.CancelledError:
-        await view.close_open_steps("stopped")
+        await _stopped(view)
         raise
+    finally:
+        if _VIEWS.get(thread_id) is view:
+            _VIEWS.pop(thread_id, None)
+
+
+async def _stopped(view: TurnView) -> None:
+    """A stopped turn: its status goes, its open steps say so, and one line says what stopped."""
+    text = view.stop_text()
+    await view.close_open_steps("stopped")
+    await cl.Message(content=text, author="Atelier").send()
 
 
 async def _answer_consent_and_finish(session, view: TurnView) -> None:
@@ -391,7 +528,7 @@ async def _answer_consent_and_finish(session, view: TurnView) -> None:
         while view.consent is not None:
             _ASKING[thread_id] = asyncio.current_task()
             try:
-                approved = await _ask_consent(view.consent)
+                approved = await _ask_consent(session, view.consent)
             except asyncio.CancelledError:
                 if thread_id in _LEFT:  # the browser left on the question: asked again on resume
                     _LEFT.discard(thread_id)
@@ -408,7 +545,7 @@ async def _answer_consent_and_finish(session, view: TurnView) -> None:
             async for event in session.astream_resume(approved):
                 await view.handle(event)
         await view.close_open_steps("not run")
-        await view.finish()
+        await view.finish(session)
     except asyncio.CancelledError:
         await view.close_open_steps("stopped")
         raise
@@ -481,10 +618,10 @@ async def on_message(message: cl.Message):
     thread_id = _thread_id()
     running = _RUNNING.get(thread_id)
     if running is not None and not running.done():
-        # the engine stops at its next step; until then the thread's turn is still running
-        busy = TEXTS["stopping"] if thread_id in _STOPPING else TEXTS["busy"]
-        await cl.Message(content=busy, author="Atelier").send()
-        return
+        if thread_id not in _STOPPING:
+            await cl.Message(content=TEXTS["busy"], author="Atelier").send()
+            return
+        await asyncio.wait([running])  # a stopped turn's last words in the chat: moments
     paths, problems = _attachments(message)
     if problems:
         await cl.Message(content="\n".join(problems), author="Atelier").send()
@@ -492,6 +629,14 @@ async def on_message(message: cl.Message):
     _RUNNING[thread_id] = asyncio.current_task()
     try:
         session = current_session()
+        if session.stopping:  # a stopped engine ends at its next step: this message waits for it
+            waiting = TurnView()
+            _VIEWS[thread_id] = waiting
+            await waiting.show_status(TEXTS["waiting_for_stop"])
+            try:
+                await session.wait_stopped()
+            finally:
+                await waiting.show_status(None)
         await _run_turn(session, message.content or "", paths)
     except asyncio.CancelledError:
         raise  # the stop button: Chainlit says so; on_stop cancelled the agent
@@ -520,37 +665,36 @@ def _guarded(callback):
 @_guarded
 async def on_versions(action: cl.Action):
     session = current_session()
-    versions = await asyncio.to_thread(session.history)
-    current = session.current
-    if not versions:
+    entries = await asyncio.to_thread(session.timeline)
+    if not entries:
         await cl.Message(content=TEXTS["versions_empty"], author="Atelier").send()
         return
-    rows = render.versions_summary(versions, current)
-    elements, actions, lines = [], [], [TEXTS["versions_title"]]
-    for i, row in enumerate(rows, 1):
-        marker = " **(current)**" if row["current"] else ""
-        lines.append(f"{i}. `{row['ref']}` — {row['made_by']}" + (f" from `{row['parent']}`" if row["parent"] else "") + marker)
+    items, actions = [], []
+    for entry in entries:
         try:
-            path = await asyncio.to_thread(session.image_path, row["ref"])
-            elements.append(cl.Image(path=path, name=row["ref"], display="inline", size="small"))
+            items.append((await asyncio.to_thread(session.image_path, entry.ref), f"#{entry.number} {entry.made}"))
         except AtelierError:
             continue
-        if not row["current"]:
-            actions.append(cl.Action(name="branch", payload={"ref": row["ref"]}, label=f"Branch from {row['ref']}",
-                                     icon="git-branch"))
-    await cl.Message(content="\n".join(lines), elements=elements, actions=actions, author="Atelier").send()
+        if not entry.current:
+            actions.append(cl.Action(name="branch", payload={"ref": entry.ref}, label=f"Branch from #{entry.number}",
+                                     icon="git-branch", tooltip=entry.made))
+    elements = []
+    if items:
+        data = await asyncio.to_thread(render.versions_sheet, items)
+        elements.append(cl.Image(content=data, name="versions.png", display="inline", size="large", mime="image/png"))
+    await cl.Message(content=render.versions_text(entries), elements=elements, actions=actions,
+                     author="Atelier").send()
 
 
-async def _revert_to(ref: str, template: str) -> None:
+async def _revert_to(ref: str) -> None:
+    """Make `ref` current (undo, branch, back): answered like `/undo`, with the image and its buttons."""
     session = current_session()
     result = await asyncio.to_thread(session.call_tool, "revert", {"image": ref})
     if result.error is not None:
         await cl.Message(content=TEXTS["error"].format(message=result.error.message), author="Atelier").send()
         return
-    path = await asyncio.to_thread(session.image_path, ref)
-    await cl.Message(content=template.format(ref=ref), author="Atelier",
-                     elements=[cl.Image(path=path, name=ref, display="inline", size="medium")],
-                     actions=_version_actions(ref)).send()
+    image = await asyncio.to_thread(shown_image, session, ref)
+    await send_result(result.answer, [image])
 
 
 @cl.action_callback("undo")
@@ -562,10 +706,35 @@ async def on_undo(action: cl.Action):
     if not parent:
         await cl.Message(content=TEXTS["undo_nothing"], author="Atelier").send()
         return
-    await _revert_to(parent, TEXTS["undone"])
+    await _revert_to(parent)
 
 
 @cl.action_callback("branch")
 @_guarded
 async def on_branch(action: cl.Action):
-    await _revert_to(action.payload["ref"], TEXTS["branched"])
+    await _revert_to(action.payload["ref"])
+
+
+@cl.action_callback("retry")
+@_guarded
+async def on_retry(action: cl.Action):
+    """Another try of a call whose face check failed: the same change on the same source, run
+    as a turn (steps, checks, the result and its buttons)."""
+    call = action.payload.get("call") or {}
+    thread_id = _thread_id()
+    running = _RUNNING.get(thread_id)
+    if running is not None and not running.done():
+        await cl.Message(content=TEXTS["busy"], author="Atelier").send()
+        return
+    _RUNNING[thread_id] = asyncio.current_task()
+    try:
+        session = current_session()
+        view = TurnView()
+        _VIEWS[thread_id] = view
+        async for event in session.astream_call(str(call.get("name") or ""), dict(call.get("args") or {})):
+            await view.handle(event)
+        await _answer_consent_and_finish(session, view)
+    finally:
+        _VIEWS.pop(thread_id, None)
+        if _RUNNING.get(thread_id) is asyncio.current_task():
+            _RUNNING.pop(thread_id, None)

@@ -187,18 +187,122 @@ def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, An
     return out
 
 
-def versions_summary(versions: list[Any], current: str | None) -> list[dict[str, Any]]:
-    """The session's versions as timeline rows: ref, parent, what made it, whether current."""
-    rows = []
-    for v in versions:
-        v = _as_dict(v)
-        call = v.get("tool_call") or {}
-        made_by = call.get("name") or v.get("origin") or "?"
-        rows.append({
-            "ref": v.get("ref"),
-            "parent": v.get("parent"),
-            "made_by": made_by,
-            "label": f"{v.get('ref')} — {made_by}" + (f" from {v['parent']}" if v.get("parent") else ""),
-            "current": v.get("ref") == current,
-        })
-    return rows
+# -- pictures with their words: version thumbnails and face crops --------------------------------
+THUMB_SIDE = 160  # px: a version's thumbnail (the image fitted into a square)
+FACE_SIDE = 128  # px: a face crop in a consent question
+LABEL_BAND = 22  # px: the band under a picture that says what it is
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def _fit_text(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _tile(image, label: str, side: int, lines: int):
+    """`image` (PIL) fitted into a `side` px square with `label` written on a band of `lines`
+    lines under it (a PIL image)."""
+    from PIL import Image, ImageDraw
+
+    picture = image.convert("RGB")
+    picture.thumbnail((side, side), Image.LANCZOS)
+    if max(picture.size) < side:  # tiny images (tiny profile: 64 px) are enlarged, pixels kept sharp
+        f = side / max(picture.size)
+        picture = picture.resize((max(1, round(picture.width * f)), max(1, round(picture.height * f))), Image.NEAREST)
+    canvas = Image.new("RGB", (side, side + LABEL_BAND * lines), (246, 246, 246))
+    canvas.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+    words, rows = label.split(), []
+    for _ in range(lines):  # greedy wrap; the last row is cut with an ellipsis
+        row = ""
+        while words and draw.textlength((row + " " + words[0]).strip(), font=font) <= side - 8:
+            row = (row + " " + words.pop(0)).strip()
+        if not row and words:
+            row = words.pop(0)
+        rows.append(row)
+    if words:
+        rows[-1] = _fit_text(draw, rows[-1] + " " + " ".join(words), font, side - 8)
+    for i, row in enumerate(rows):
+        draw.text((4, side + 4 + i * LABEL_BAND), row, fill=(30, 30, 30), font=font)
+    return canvas
+
+
+def contact_sheet(tiles: list[tuple[Any, str]], side: int, *, lines: int = 2, columns: int = 4) -> bytes:
+    """Labelled pictures in one image (PNG bytes), left to right then row by row: the order and
+    the words are part of the picture, wherever and however it is shown (a reopened chat too)."""
+    import io
+
+    from PIL import Image
+
+    made = [_tile(image, label, side, lines) for image, label in tiles]
+    gap = 6
+    cols = max(1, min(columns, len(made)))
+    rows = (len(made) + cols - 1) // cols
+    width, height = cols * side + (cols - 1) * gap, rows * made[0].height + (rows - 1) * gap
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    for k, tile in enumerate(made):
+        sheet.paste(tile, ((k % cols) * (side + gap), (k // cols) * (tile.height + gap)))
+    out = io.BytesIO()
+    sheet.save(out, format="PNG")
+    return out.getvalue()
+
+
+def versions_sheet(items: list[tuple[str, str]]) -> bytes:
+    """Every version's thumbnail, labelled with its number and the step that made it
+    ((path, label) pairs, oldest first)."""
+    from PIL import Image
+
+    tiles = []
+    for path, label in items:
+        with Image.open(path) as image:
+            image.load()
+            tiles.append((image.copy(), label))
+    return contact_sheet(tiles, THUMB_SIDE, lines=2, columns=4)
+
+
+def faces_sheet(items: list[tuple[str, tuple[int, int, int, int], str]], margin: float = 0.35) -> bytes:
+    """The faces of a consent question ((path, box, label) each, in their numbered order), each
+    cropped with a margin around its box and labelled as every note names the person."""
+    from PIL import Image
+
+    tiles = []
+    for path, box, label in items:
+        with Image.open(path) as image:
+            left, top, right, bottom = box
+            pad_x, pad_y = (right - left) * margin, (bottom - top) * margin
+            area = (max(0, int(left - pad_x)), max(0, int(top - pad_y)),
+                    min(image.width, int(right + pad_x)), min(image.height, int(bottom + pad_y)))
+            tiles.append((image.crop(area), label))
+    return contact_sheet(tiles, FACE_SIDE, lines=3, columns=6)
+
+
+def versions_text(entries: list[Any]) -> str:
+    """The Versions list as text: one line per version (its number, what made it, where from),
+    the current one marked; the thumbnails carry the same numbers."""
+    t = texts()
+    lines = [t["versions_title"]]
+    for entry in entries:
+        line = f"- **#{entry.number}** {entry.made}"
+        if entry.parent_number:
+            line += f" — from #{entry.parent_number}"
+        if entry.current:
+            line += " " + t["versions_current"]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def consent_people_text(labels: list[str]) -> str:
+    """The line over the face crops of a consent question."""
+    return texts()["consent_people"].format(people="; ".join(labels))
