@@ -11,7 +11,7 @@ import re
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.errors import ToolArgumentError
 
@@ -116,12 +116,19 @@ class RelightImage(ToolArgs):
     content, faces and geometry stay."""
 
     image: ImageRef
-    direction: Direction | None = None
+    direction: Direction | None = Field(
+        None,
+        description="Where the light comes from: left, right, front, back (backlight), top, bottom, "
+                    "top-left or top-right",
+    )
     color_temperature: int | None = Field(
         None, ge=1500, le=10000, description="Kelvin: warm < 4000 < neutral < 6500 < cool"
     )
     intensity: float | None = Field(None, ge=0.2, le=2.0, description="1 = unchanged")
-    softness: Softness | None = None
+    softness: Softness | None = Field(
+        None,
+        description="hard: crisp, sharp-edged shadows (direct sun, a bare bulb); soft: diffuse light, gentle shadows",
+    )
     description: str | None = Field(None, max_length=300, description='e.g. "golden hour sun", "candlelight"')
 
 
@@ -141,7 +148,11 @@ class ReframeImage(ToolArgs):
     camera_elevation: float | None = Field(
         None, ge=-60, le=60, description="Degrees; positive looks down from above"
     )
-    shot: Shot | None = None
+    shot: Shot | None = Field(
+        None,
+        description="How much of the subject the frame shows: close-up (the face), medium (waist up), "
+                    "wide (the whole figure and its surroundings)",
+    )
 
 
 class AdjustImage(ToolArgs):
@@ -171,6 +182,34 @@ class AdjustImage(ToolArgs):
         if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
             raise ValueError("crop must be [left, top, right, bottom] with 0 <= left < right <= 1 and 0 <= top < bottom <= 1")
         return box
+
+
+class CropBox(BaseModel):
+    """`adjust_image`'s `crop` as an object, the view for chat apps whose function-calling dialect
+    rejects a fixed-length array (`prefixItems`), such as MCP clients: the same box as the
+    contract's `[left, top, right, bottom]`, which `client_arguments` turns it back into."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    left: float = Field(ge=0, le=1, description="Left edge of the part kept, as a fraction of the width "
+                                                "(0: the left side)")
+    top: float = Field(ge=0, le=1, description="Top edge of the part kept, as a fraction of the height (0: the top)")
+    right: float = Field(ge=0, le=1, description="Right edge of the part kept, as a fraction of the width "
+                                                 "(1: the right side); more than left")
+    bottom: float = Field(ge=0, le=1, description="Bottom edge of the part kept, as a fraction of the height "
+                                                  "(1: the bottom); more than top")
+
+    @model_validator(mode="after")
+    def _edges_in_order(self):
+        if not (self.left < self.right and self.top < self.bottom):
+            raise ValueError(f"left must be less than right and top less than bottom (got left {self.left}, "
+                             f"right {self.right}, top {self.top}, bottom {self.bottom})")
+        return self
+
+
+# contract arguments that other chat apps see as an object: name -> (the object's model, its description)
+CLIENT_OBJECTS: dict[str, tuple[type[BaseModel], str]] = {
+    "crop": (CropBox, "The part of the picture to keep: its edges as fractions 0-1 of the width and height"),
+}
 
 
 class Revert(ToolArgs):
@@ -335,6 +374,57 @@ def function_schemas(models: dict[str, type[BaseModel]]) -> list[dict[str, Any]]
 def tool_json_schemas() -> list[dict[str, Any]]:
     """OpenAI-style function schemas for every tool of the contract (what MCP and clients see)."""
     return function_schemas(TOOL_MODELS)
+
+
+def client_tool_schemas() -> list[dict[str, Any]]:
+    """The contract's function schemas as other chat apps see them (MCP): the same tools, names,
+    enums, ranges and required arguments, with the arguments of `CLIENT_OBJECTS` as flat objects
+    (`crop`: {left, top, right, bottom}) instead of fixed-length arrays."""
+    schemas = tool_json_schemas()
+    for spec in schemas:
+        properties = spec["function"]["parameters"]["properties"]
+        for key, (model, description) in CLIENT_OBJECTS.items():
+            if key in properties:
+                view = model.model_json_schema()
+                view.pop("title", None)
+                for prop in view["properties"].values():
+                    prop.pop("title", None)
+                properties[key] = {**view, "description": description}
+    return schemas
+
+
+def client_arguments(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A call as a chat app sends it (`client_tool_schemas`) -> the contract's arguments: `crop`
+    {left, top, right, bottom} -> [left, top, right, bottom]. The contract's own form (a list)
+    passes as it is; everything else is left for `validate_call`. Raises ToolArgumentError with
+    one readable line when an object is wrong ("adjust_image: crop.right is required")."""
+    if not isinstance(args, dict):
+        return args
+    out = dict(args)
+    for key, (model, _) in CLIENT_OBJECTS.items():
+        value = out.get(key)
+        if key not in out or value is None or isinstance(value, (list, tuple)):
+            continue
+        fields = ", ".join(model.model_fields)
+        if not isinstance(value, dict):
+            raise ToolArgumentError(f"{name}: {key} must be an object {{{fields}}} (got {_shown(value)})")
+        try:
+            box = model.model_validate(value)
+        except ValidationError as err:
+            problems: list[str] = []
+            for e in err.errors():
+                field = str(e["loc"][0]) if e.get("loc") else ""
+                if e.get("type") == "extra_forbidden":
+                    line = f"{key} takes {fields} (not {field})"
+                elif not field:  # the box as a whole
+                    line = f"{key}: {str((e.get('ctx') or {}).get('error') or e.get('msg', 'invalid'))}"
+                else:
+                    line = f"{key}.{_describe_problem(e, model)}"
+                if line not in problems:
+                    problems.append(line)
+            raise ToolArgumentError(f"{name}: {'; '.join(problems)}") from None
+        out[key] = [getattr(box, f) for f in model.model_fields]
+    return out
 
 
 def look_arguments(name: str, args: dict[str, Any], *, include_text: bool = False) -> dict[str, Any]:

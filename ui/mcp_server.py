@@ -1,16 +1,19 @@
 """MCP server: Atelier's tools for Claude Desktop, LibreChat or any MCP client.
 
-A thin adapter over `agent.Atelier` sessions, built with the `mcp` SDK's FastMCP (1.x). Each tool of
-`../shared/TOOLS.md` is exposed under the same name with the argument schema of `tools.schemas`
-(the single source of truth), plus:
+A thin adapter over `agent.Atelier` sessions, built with the `mcp` SDK's FastMCP (1.x, which speaks
+protocol 2025-11-25 and earlier). Each tool of `../shared/TOOLS.md` is exposed under the same name
+with the argument schema of `tools.schemas` (the single source of truth) in its client view
+(`client_tool_schemas`: every argument described, `crop` as an object {left, top, right, bottom}
+rather than a fixed-length array, translated back to the contract's list here), plus:
 
 - `verify`: watermark and C2PA content credentials of a stored image;
 - `upload_image`: bring an image (base64 or a data URL) into the conversation and get its ref.
 
 Every tool call goes through the session's `call_tool`, so the same screens, identity checks,
-sealing and audit log apply as in the chat. Images come back as MCP image content, with the ref
-and the tool's short result as text. Each MCP client connection is one Atelier thread (or the one
-given with `--thread`).
+sealing and audit log apply as in the chat, and a wrong or unknown argument comes back as the
+contract's one readable line (`tools.schemas.describe_validation_error`), never pydantic's text.
+Images come back as MCP image content, with the ref and the tool's short result as text. Each MCP
+client connection is one Atelier thread (or the one given with `--thread`).
 
 Users: over stdio, and over HTTP without keys (loopback only), the client acts as `--user`
 (default `local`, the one person of the local modes, so refs made in the chat or the CLI work
@@ -35,10 +38,10 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.tools import Tool
 from mcp.server.fastmcp.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from tools.errors import AtelierError, BadImageError
-from tools.schemas import REF_PATTERN, tool_json_schemas
+from tools.errors import AtelierError, BadImageError, ToolArgumentError
+from tools.schemas import REF_PATTERN, client_arguments, client_tool_schemas, describe_validation_error
 
 INSTRUCTIONS = (
     "Atelier generates and edits images with the Qwen-Image family. Tools return image refs such as "
@@ -53,21 +56,42 @@ _READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempoten
 _CREATES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
 
 
-class _StrictArgs(ArgModelBase):
-    """Unknown arguments are errors (as in the tool contract); values are checked by `validate_call`
-    inside the session, so a wrong value comes back as one readable line."""
+class _PassArgs(ArgModelBase):
+    """Every argument the client sent, unknown ones too, passed on as it came: values and names are
+    judged by the contract (`validate_call` inside the session, the models of `verify` and
+    `upload_image`), whose errors are one readable line; the SDK's own check would answer with
+    pydantic's text."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+
+    def model_dump_one_level(self) -> dict[str, Any]:
+        return {**super().model_dump_one_level(), **(self.__pydantic_extra__ or {})}
 
 
-def _arg_model(name: str, fields: list[str]) -> type[ArgModelBase]:
-    return create_model(f"{name}_arguments", __base__=_StrictArgs, **{f: (Any, _UNSET) for f in fields})
+class _Arguments(FuncMetadata):
+    """FastMCP reads a text that is valid JSON as that JSON (Claude Desktop sends lists and objects
+    as strings); a text argument (a prompt such as "42" or "[draft]") stays the text it is."""
+
+    text_fields: frozenset[str] = frozenset()
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        parsed = super().pre_parse_json(data)
+        return {k: data[k] if k in self.text_fields else v for k, v in parsed.items()}
+
+
+def _text_fields(parameters: dict[str, Any]) -> frozenset[str]:
+    def text(prop: dict[str, Any]) -> bool:
+        kinds = [prop.get("type")] + [a.get("type") for a in prop.get("anyOf", [])]
+        return "string" in kinds and not {"array", "object"} & set(kinds)
+    return frozenset(k for k, prop in parameters["properties"].items() if text(prop))
 
 
 def _tool(name: str, description: str, parameters: dict[str, Any], fn, annotations: ToolAnnotations) -> Tool:
+    arg_model = create_model(f"{name}_arguments", __base__=_PassArgs,
+                             **{f: (Any, _UNSET) for f in parameters["properties"]})
     return Tool(
         fn=fn, name=name, title=name.replace("_", " ").capitalize(), description=description,
-        parameters=parameters, fn_metadata=FuncMetadata(arg_model=_arg_model(name, list(parameters["properties"]))),
+        parameters=parameters, fn_metadata=_Arguments(arg_model=arg_model, text_fields=_text_fields(parameters)),
         is_async=True, context_kwarg="ctx", annotations=annotations,
     )
 
@@ -80,14 +104,14 @@ class VerifyArgs(BaseModel):
     """Read an image's invisible watermark and C2PA content credentials (was it made or edited by Atelier?)."""
 
     model_config = ConfigDict(extra="forbid")
-    image: str = ""
+    image: str = Field(pattern=REF_PATTERN)
 
 
 class UploadArgs(BaseModel):
     """Bring an image into the conversation (e.g. a photo the user shared) and get its ref."""
 
     model_config = ConfigDict(extra="forbid")
-    data: str
+    data: str = Field(min_length=1)
     filename: str | None = None
 
 
@@ -103,12 +127,18 @@ def _schema(model: type[BaseModel], description: dict[str, str]) -> dict[str, An
 
 
 VERIFY_SCHEMA = _schema(VerifyArgs, {"image": "Ref of the image to check, e.g. img_3f9a2c1b"})
-VERIFY_SCHEMA["properties"]["image"]["pattern"] = REF_PATTERN
-VERIFY_SCHEMA["required"] = ["image"]
 UPLOAD_SCHEMA = _schema(UploadArgs, {
     "data": "The image as base64 (PNG, JPEG or WebP) or as a data: URL",
     "filename": "Original file name (display only)",
 })
+
+
+def _arguments(name: str, model: type[BaseModel], args: dict[str, Any]) -> BaseModel:
+    """The arguments of `verify` or `upload_image`, checked as the contract checks its own."""
+    try:
+        return model.model_validate(args)
+    except ValidationError as err:
+        raise ToolArgumentError(f"{name}: {describe_validation_error(err, model)}") from None
 
 
 def _error(message: str) -> CallToolResult:
@@ -140,7 +170,7 @@ class AtelierMCP:
         tools = [
             _tool(spec["function"]["name"], spec["function"]["description"], spec["function"]["parameters"],
                   self._runner(spec["function"]["name"]), _CREATES)
-            for spec in tool_json_schemas()
+            for spec in client_tool_schemas()
         ]
         tools.append(_tool("verify", (VerifyArgs.__doc__ or "").strip(), VERIFY_SCHEMA, self._verify, _READ_ONLY))
         tools.append(_tool("upload_image", (UploadArgs.__doc__ or "").strip(), UPLOAD_SCHEMA, self._upload, _CREATES))
@@ -184,6 +214,7 @@ class AtelierMCP:
         async def run(ctx: Context | None = None, **args: Any):
             args = {k: v for k, v in args.items() if v is not _UNSET}
             try:
+                args = client_arguments(name, args)  # crop {left, top, right, bottom} -> the contract's list
                 session = self.session_for(ctx)
                 result = await anyio.to_thread.run_sync(session.call_tool, name, args, abandon_on_cancel=True)
                 return await self._render(result, ctx, session)
@@ -243,10 +274,9 @@ class AtelierMCP:
         return content
 
     async def _verify(self, ctx: Context | None = None, **args: Any):
-        ref = args.get("image", _UNSET)
-        if ref is _UNSET or not isinstance(ref, str):
-            return _error("verify: image (a ref such as img_3f9a2c1b) is required")
+        args = {k: v for k, v in args.items() if v is not _UNSET}
         try:
+            ref = _arguments("verify", VerifyArgs, args).image
             session = self.session_for(ctx)
             report = await anyio.to_thread.run_sync(session.verify, ref)  # only the caller's own images
         except AtelierError as err:
@@ -254,11 +284,10 @@ class AtelierMCP:
         return [TextContent(type="text", text=json.dumps({"image": ref, **report}, ensure_ascii=False, default=str))]
 
     async def _upload(self, ctx: Context | None = None, **args: Any):
-        data = args.get("data", _UNSET)
-        if data is _UNSET or not isinstance(data, str):
-            return _error("upload_image: data (base64 or a data: URL) is required")
-        filename = args.get("filename") if isinstance(args.get("filename"), str) else None
+        args = {k: v for k, v in args.items() if v is not _UNSET}
         try:
+            upload = _arguments("upload_image", UploadArgs, args)
+            data, filename = upload.data, upload.filename
             session = self.session_for(ctx)
             raw = _decode_base64(data)
             # the session's upload path: rate limit, validation, the upload screen, the audit log

@@ -1,9 +1,13 @@
-"""The MCP server driven by the SDK's own client over stdio (`atelier mcp --profile tiny` as a
-subprocess, as Claude Desktop starts it)."""
+"""The MCP server driven by the SDK's own client: over stdio (`atelier mcp --profile tiny` as a
+subprocess, as Claude Desktop starts it), over streamable HTTP on loopback, and in memory.
+
+The SDK is mcp 1.x (`pyproject.toml`): its client and server speak protocol 2025-11-25, the
+version every test here negotiates."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -14,7 +18,10 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from PIL import Image
 
-from tools.schemas import TOOL_MODELS, tool_json_schemas
+from tools.schemas import TOOL_MODELS, client_tool_schemas
+
+PROTOCOL = "2025-11-25"  # the newest protocol version of the 1.x SDK, client and server
+
 
 @pytest.fixture
 def server_params(tmp_path):
@@ -36,11 +43,11 @@ def _text(result) -> dict:
 
 async def test_stdio_tools_generate_and_verify(server_params):
     async with stdio_client(server_params) as (read, write), ClientSession(read, write) as client:
-        await client.initialize()
+        assert (await client.initialize()).protocolVersion == PROTOCOL
 
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(TOOL_MODELS) | {"verify", "upload_image"} == set(tools)
-        contract = {s["function"]["name"]: s["function"]["parameters"] for s in tool_json_schemas()}
+        contract = {s["function"]["name"]: s["function"]["parameters"] for s in client_tool_schemas()}
         for name, schema in contract.items():  # same names and arguments as tools.schemas
             assert tools[name].inputSchema["properties"].keys() == schema["properties"].keys()
             assert tools[name].inputSchema.get("required", []) == schema.get("required", [])
@@ -74,6 +81,11 @@ async def test_stdio_tools_generate_and_verify(server_params):
         unknown = await client.call_tool("verify", {"image": "img_0123456789ab"})
         assert unknown.isError and "img_0123456789ab" in unknown.content[0].text
 
+        extra = await client.call_tool("generate_image", {"prompt": "a fox", "style": "oil"})
+        assert extra.isError
+        assert extra.content[0].text == ("generate_image: style is not an argument here; "
+                                         "the arguments are prompt, aspect_ratio, count, seed, negative_prompt")
+
 
 async def test_stdio_upload_then_adjust(server_params):
     buf = io.BytesIO()
@@ -93,6 +105,14 @@ async def test_stdio_upload_then_adjust(server_params):
         assert brighter.size == (64, 48)
         assert sum(brighter.getpixel((32, 24))) > 90 + 120 + 200
 
+        # crop is an object at the MCP boundary: the left half, the top three quarters
+        cropped = await client.call_tool("adjust_image", {
+            "image": ref, "crop": {"left": 0, "top": 0, "right": 0.5, "bottom": 0.75}})
+        assert not cropped.isError, cropped.content
+        out = [c for c in cropped.content if c.type == "image"]
+        assert Image.open(io.BytesIO(base64.b64decode(out[0].data))).size == (32, 36)
+        assert _text(cropped)["images"][0]["width"] == 32
+
         corrupt = await client.call_tool("upload_image", {"data": "@@not base64@@"})
         assert corrupt.isError and "base64" in corrupt.content[0].text
 
@@ -109,7 +129,7 @@ async def test_stdio_face_edit_asks_consent_through_elicitation(server_params, f
     photo = base64.b64encode(face_photos["group"].read_bytes()).decode()
     async with stdio_client(server_params) as (read, write), \
             ClientSession(read, write, elicitation_callback=approve) as client:
-        await client.initialize()
+        assert (await client.initialize()).protocolVersion == PROTOCOL
         ref = _text(await client.call_tool("upload_image", {"data": photo, "filename": "group.jpg"}))["image"]
         edited = await client.call_tool("edit_image", {
             "image": ref, "instruction": "make them look older", "preserve_identity": False})
@@ -146,7 +166,7 @@ async def test_streamable_http_generate_and_verify(tmp_path):
             await anyio.sleep(0.1)
         async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write, _), \
                 ClientSession(read, write) as client:
-            await client.initialize()
+            assert (await client.initialize()).protocolVersion == PROTOCOL
             names = {t.name for t in (await client.list_tools()).tools}
             assert {"generate_image", "verify"} <= names
             made = await client.call_tool("generate_image", {"prompt": "a lighthouse", "aspect_ratio": "1:1"})
@@ -197,12 +217,37 @@ class _WaitingAtelier:
         return self.sessions[-1]
 
 
-@pytest.mark.parametrize("answer", ["approve", "decline", "no-elicitation"])
-async def test_consent_is_asked_through_elicitation(tmp_path, answer):
-    from mcp import types
+@contextlib.asynccontextmanager
+async def _client(server, transport: str, **client_args):
+    """The SDK's client on `server`: in memory, or over streamable HTTP on a loopback port."""
     from mcp.shared.memory import create_connected_server_and_client_session
 
+    if transport == "memory":
+        async with create_connected_server_and_client_session(server, **client_args) as client:
+            yield client
+        return
+    from mcp.client.streamable_http import streamable_http_client
+    from test_http_api import LoopbackServer
+
+    with LoopbackServer(server.streamable_http_app(), port=server.settings.port) as http:
+        async with streamable_http_client(f"{http.base}/mcp") as (read, write, _), \
+                ClientSession(read, write, **client_args) as client:
+            assert (await client.initialize()).protocolVersion == PROTOCOL
+            yield client
+
+
+def _server(atelier):
+    from test_http_api import _free_port
+
     from ui.mcp_server import build_server
+
+    return build_server(atelier, host="127.0.0.1", port=_free_port(), log_level="WARNING")
+
+
+@pytest.mark.parametrize("transport", ["memory", "http"])
+@pytest.mark.parametrize("answer", ["approve", "decline", "no-elicitation"])
+async def test_consent_is_asked_through_elicitation(tmp_path, transport, answer):
+    from mcp import types
 
     png = tmp_path / "out.png"
     Image.new("RGB", (16, 16), (1, 2, 3)).save(png)
@@ -216,7 +261,7 @@ async def test_consent_is_asked_through_elicitation(tmp_path, answer):
         return types.ElicitResult(action="decline")
 
     callback = None if answer == "no-elicitation" else elicit
-    async with create_connected_server_and_client_session(build_server(atelier), elicitation_callback=callback) as client:
+    async with _client(_server(atelier), transport, elicitation_callback=callback) as client:
         result = await client.call_tool("edit_image", {"image": "img_0123456789ab", "instruction": "add glasses"})
 
     session = atelier.sessions[0]
@@ -230,3 +275,93 @@ async def test_consent_is_asked_through_elicitation(tmp_path, answer):
         assert result.isError
         assert "not made" in result.content[0].text
         assert bool(asked) == (answer == "decline")
+
+
+def _schemas(node):
+    """Every (sub)schema of a JSON schema, the schema itself first."""
+    yield node
+    for key in ("properties", "$defs"):
+        for child in node.get(key, {}).values():
+            yield from _schemas(child)
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for child in node.get(key, []):
+            yield from _schemas(child)
+    if isinstance(node.get("items"), dict):
+        yield from _schemas(node["items"])
+
+
+async def test_tool_schemas_describe_every_argument_and_use_no_tuples(tmp_path):
+    async with _client(_server(_WaitingAtelier(tmp_path / "unused.png")), "memory") as client:
+        tools = {t.name: t.inputSchema for t in (await client.list_tools()).tools}
+
+    for name, schema in tools.items():
+        assert "prefixItems" not in json.dumps(schema), name  # some function-calling dialects reject it
+        for key, prop in schema["properties"].items():
+            assert prop.get("description"), f"{name}.{key} has no description"
+    relight, reframe = tools["relight_image"]["properties"], tools["reframe_image"]["properties"]
+    for prop, choices in [(relight["direction"], {"left", "top-right"}), (relight["softness"], {"hard", "soft"}),
+                          (reframe["shot"], {"close-up", "medium", "wide"})]:
+        enum = next(s["enum"] for s in _schemas(prop) if "enum" in s)
+        assert choices <= set(enum)
+        assert all(word in prop["description"] for word in choices)  # the description names each choice
+    crop = tools["adjust_image"]["properties"]["crop"]
+    assert crop["type"] == "object" and crop["additionalProperties"] is False
+    assert list(crop["properties"]) == crop["required"] == ["left", "top", "right", "bottom"]
+    for edge in crop["properties"].values():
+        assert (edge["type"], edge["minimum"], edge["maximum"]) == ("number", 0, 1) and edge["description"]
+
+
+@pytest.fixture
+def tiny_atelier(tmp_path):
+    from agent import Atelier
+    from agent.config import load_profile
+
+    return Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path / "atelier")}}))
+
+
+_BAD_CALLS = [
+    ("generate_image", {"prompt": "a fox", "colour": "red"},
+     "generate_image: colour is not an argument here; the arguments are prompt, aspect_ratio, count, seed, "
+     "negative_prompt"),
+    ("generate_image", {"prompt": "a fox", "count": "many"},
+     "generate_image: count must be a whole number from 1 to 4 (got 'many')"),
+    ("relight_image", {"image": "{ref}", "direction": "sideways"},
+     "relight_image: direction must be one of left, right, front, back, top, bottom, top-left, top-right "
+     "(got 'sideways')"),
+    ("reframe_image", {"image": "{ref}", "shot": "extreme"},
+     "reframe_image: shot must be one of close-up, medium, wide (got 'extreme')"),
+    ("adjust_image", {"image": "{ref}", "crop": {"left": 0, "top": 0, "right": 0.5}},
+     "adjust_image: crop.bottom is required"),
+    ("adjust_image", {"image": "{ref}", "crop": {"left": 0, "top": 0, "right": 1.5, "bottom": 1, "width": 1}},
+     "adjust_image: crop.right must be a number from 0 to 1 (got 1.5); crop takes left, top, right, bottom (not width)"),
+    ("adjust_image", {"image": "{ref}", "crop": {"left": 0.6, "top": 0, "right": 0.5, "bottom": 1}},
+     "adjust_image: crop: left must be less than right and top less than bottom (got left 0.6, right 0.5, top 0.0, "
+     "bottom 1.0)"),
+    ("adjust_image", {"image": "{ref}", "crop": "the left half"},
+     "adjust_image: crop must be an object {left, top, right, bottom} (got 'the left half')"),
+    ("verify", {"image": "{ref}", "deep": True}, "verify: deep is not an argument here; the arguments are image"),
+    ("verify", {}, "verify: image is required"),
+    ("verify", {"image": "the last one"}, "verify: image must be an image ref like img_3f9a2c1b (got 'the last one')"),
+    ("upload_image", {"data": 5}, "upload_image: data must be text (got 5)"),
+]
+
+
+async def test_bad_arguments_are_answered_in_one_line(tiny_atelier):
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(photo, format="PNG")
+    async with _client(_server(tiny_atelier), "memory") as client:
+        uploaded = await client.call_tool("upload_image", {"data": base64.b64encode(photo.getvalue()).decode()})
+        ref = _text(uploaded)["image"]
+        for tool, args, expected in _BAD_CALLS:
+            args = {k: (v.replace("{ref}", ref) if isinstance(v, str) else v) for k, v in args.items()}
+            result = await client.call_tool(tool, args)
+            assert result.isError, (tool, args)
+            assert [c.text for c in result.content] == [expected]
+
+        # a list is the contract's own crop and still works; a text stays text even when it reads as JSON
+        cropped = await client.call_tool("adjust_image", {"image": ref, "crop": [0.5, 0, 1, 1]})
+        assert not cropped.isError, cropped.content
+        assert _text(cropped)["images"][0]["width"] == 20
+        as_json = await client.call_tool("generate_image", {"prompt": '["a red fox", "snow"]', "count": 2})
+        assert not as_json.isError, as_json.content
+        assert len(_text(as_json)["images"]) == 2
