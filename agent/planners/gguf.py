@@ -485,6 +485,7 @@ def evaluate_prefix(llm, prefix: list[int], report: Callable[[str], None]) -> No
     llm.reset()
     done = 0
     while done < n:
+        _raise_if_stopped()  # the stop button between chunks (a first run's preparation takes minutes)
         chunk = prefix[done: done + PREFILL_CHUNK]
         t_chunk = time.perf_counter()
         llm.eval(chunk)

@@ -415,3 +415,28 @@ def test_a_stop_ends_the_model_call_at_its_next_token(monkeypatch):
     # outside a stoppable block nothing stops
     again = _scripted_planner(monkeypatch, [" relight", ' {"direction": "left"}'])
     assert again.chat(_two_step_messages(), plan_json_schemas()).tool_calls[0].name == "relight_image"
+
+
+def test_a_stop_ends_a_first_run_preparation_between_chunks():
+    """The one-time prompt preparation (minutes on a small CPU) stops at its next chunk."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    from agent.planners import gguf
+    from agent.planners.base import stoppable
+    from tools.errors import CancelledError
+
+    class Llm:
+        evaluated: list[int] = []
+
+        def reset(self):
+            self.evaluated = []
+
+        def eval(self, chunk):
+            self.evaluated.extend(chunk)
+
+    llm, lines = Llm(), []
+    prefix = list(range(gguf.PREFILL_CHUNK * 4))
+    with stoppable(lambda: len(lines) >= 1), pytest.raises(CancelledError):  # stop once the estimate is shown
+        gguf.evaluate_prefix(llm, prefix, lines.append)
+    assert len(llm.evaluated) == gguf.PREFILL_CHUNK and len(lines) == 1 and "~" in lines[0]  # one chunk, then stopped
+    gguf.evaluate_prefix(llm, prefix, lines.append)  # not stopped: the whole prefix, with its progress
+    assert llm.evaluated == prefix and len(lines) == 1 + 3

@@ -41,7 +41,7 @@ def free_port() -> int:
 class ChatServer:
     """`atelier ui --profile tiny` in a subprocess, on a free loopback port, with its own data root."""
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None):
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -53,7 +53,7 @@ class ChatServer:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ui.cli", "ui", "--profile", "tiny", "--host", "127.0.0.1",
-             "--port", str(self.port)],
+             "--port", str(self.port), *(args or [])],
             cwd=home, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -96,11 +96,11 @@ def chat_server(tmp_path_factory):
 
 @pytest.fixture
 def start_chat_server(tmp_path):
-    """Start extra servers (e.g. with a password) for one test; stopped afterwards."""
+    """Start extra servers (e.g. with a password, or `--set` arguments) for one test; stopped afterwards."""
     servers: list[ChatServer] = []
 
-    def start(extra_env: dict[str, str] | None = None) -> ChatServer:
-        server = ChatServer(tmp_path / f"server-{len(servers)}", extra_env)
+    def start(extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> ChatServer:
+        server = ChatServer(tmp_path / f"server-{len(servers)}", extra_env, args)
         servers.append(server)
         server.wait_ready()
         return server

@@ -84,19 +84,31 @@ def test_upload_and_relight(page, chat_server, tmp_path):
     _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
     _wait_turn_done(page)
     assert page.locator("[id^='step-']", has_text="relight_image").first.is_visible()
+    # the line under the image says what was made, always visible (no step to open)
+    page.get_by_text("#2 (from #1) · 192×128 · relit: warm (3200 K) light from the left").wait_for()
     _shot(page, "03-upload-relight")
-    # undo goes back to the upload; the versions list offers "branch from here" on the others
+    # undo goes back to the upload, shown like a result: the image and its buttons
     page.get_by_role("button", name="Undo").last.click()
-    page.get_by_text(re.compile(r"Undone: img_[0-9a-f]+ is the current image again")).wait_for()
+    page.get_by_text("Back to #1 (the uploaded photo)").wait_for()
+    undone = page.locator(".message-content", has_text="Back to #1 (the uploaded photo)").last
+    undone.locator("img").first.wait_for()
+    page.get_by_text("#1 · 96×64 · uploaded photo").wait_for()
+    assert page.get_by_role("button", name="Branch from here").count() == 2  # under both results
+    # the versions: thumbnails labelled with the step that made each, never refs
     page.get_by_role("button", name="Versions").last.click()
     page.get_by_text("Versions of this chat").wait_for()
     listing = page.locator(".message-content", has_text="Versions of this chat").last
-    assert "upload" in listing.inner_text() and "relight_image" in listing.inner_text()
-    branch = page.get_by_role("button", name=re.compile(r"Branch from img_"))
+    text = listing.inner_text()
+    assert "#1 uploaded photo" in text and "#2 relit: warm (3200 K) light from the left — from #1" in text
+    assert "img_" not in text
+    sheet = listing.locator("img").first
+    sheet.wait_for()
+    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=sheet.element_handle())
+    branch = page.get_by_role("button", name=re.compile(r"Branch from #\d"))
     assert branch.count() == 1  # every version but the current one
     _shot(page, "04-versions")
     branch.first.click()
-    page.get_by_text(re.compile(r"Branching from img_[0-9a-f]+")).wait_for()
+    page.get_by_text("Back to #2 (the relit one)").wait_for()
 
 
 def test_refusal_reads_as_a_short_explanation(page, chat_server):
@@ -141,7 +153,15 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path,
     yes.wait_for(timeout=TURN_TIMEOUT)
     assert page.get_by_role("button", name="No, leave the face alone").is_visible()
     assert page.get_by_text("consent", exact=False).first.is_visible()
-    assert _assistant_images(page).count() == 0  # nothing is edited before the answer
+    # the people it is about: their faces, cropped and labelled as every check names them
+    people = page.locator(".message-content", has_text="Who this edit would change").last
+    crops = people.locator("img").first
+    crops.wait_for()
+    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=crops.element_handle())
+    assert "face 1 (the person on the left)" in people.inner_text()
+    question = page.locator(".message-content", has_text="Do you have their consent").last.inner_text()
+    assert "face 1 (the person on the left)" in question and "img_" not in question
+    assert _assistant_images(page).count() == 1  # the crops; nothing is edited before the answer
     _shot(page, "07-consent-question")
     yes.click()
     _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
@@ -170,7 +190,8 @@ def test_consent_declined_runs_nothing(page, chat_server, tmp_path, face_photos)
     page.get_by_text("OK, I left their faces as they are").wait_for()
     assert page.get_by_text("That did not work").count() == 0
     page.wait_for_timeout(1000)
-    assert _assistant_images(page).count() == 0  # the edit never ran
+    assert _assistant_images(page).count() == 1  # the faces the question showed; the edit never ran
+    assert page.get_by_role("button", name="Branch from here").count() == 0
     step = page.locator("[id^='step-']", has_text="edit_image").first
     step.click()
     page.get_by_text("not run").first.wait_for()
@@ -265,8 +286,8 @@ def test_chat_settings_change_the_engine_steps(page, chat_server):
 
 def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
     """The stop button during the first generation of a fresh server (the engine is still being
-    built, then stops at its first denoising step): no image is added, the step says stopped,
-    and the next request in the same chat works."""
+    built, then stops at its first denoising step): no image is added, the chat says which tool
+    stops, and the next request, sent at once, waits for it and runs (it is not refused)."""
     server = start_chat_server()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
@@ -277,25 +298,114 @@ def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
         page.locator("[id^='step-']", has_text="generate_image").first.wait_for(timeout=TURN_TIMEOUT)
         page.locator("#stop-button").click()
         page.get_by_text("Task manually stopped.").wait_for()
+        page.get_by_text("Stopped: generate_image ends at its next step").wait_for()
         _shot(page, "12-stopped")
         assert _assistant_images(page).count() == 0
-        for attempt in range(30):  # the worker finishes its current step, then the chat is free
-            _send(page, "/generate a paper lantern")
-            page.wait_for_timeout(1000)
-            _wait_turn_done(page)
-            if _assistant_images(page).count():
-                break
-            assert page.get_by_text("stopping your previous request").count() >= 1
-            page.wait_for_timeout(2000)
+        _send(page, "/generate a paper lantern")  # at once: it waits for the stopped engine
         _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        assert page.get_by_text("still working on your previous request").count() == 0
         assert _assistant_images(page).count() == 1  # only the second request made an image
         page.get_by_role("button", name="Versions").last.click()
         listing = page.locator(".message-content", has_text="Versions of this chat").last
         listing.wait_for()
-        assert listing.inner_text().count("generate_image") == 1
+        assert listing.inner_text().count("generated:") == 1
         _shot(page, "13-after-stop-next-request")
     finally:
         context.close()
+
+
+def test_stop_while_planning_ends_at_once_and_the_next_message_runs(browser, start_chat_server):
+    """A planner that takes long (`planner.think_s`, as the offline planner's first run): its
+    status shows while it plans; stop removes it at once, says nothing ran, and the next
+    message is answered right away."""
+    server = start_chat_server(args=["--set", "planner.think_s=600"])
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        _open_chat(page, server)
+        _send(page, "a lighthouse at dusk")
+        status = page.get_by_text("planning (this planner takes 600 s)")
+        status.wait_for(timeout=TURN_TIMEOUT)
+        page.locator("#stop-button").click()
+        page.get_by_text("Stopped before anything ran").wait_for()
+        assert status.count() == 0  # the status is gone with the stop
+        assert _assistant_images(page).count() == 0
+        _shot(page, "16-stopped-while-planning")
+        _send(page, "/generate a paper lantern")  # a slash command: no planner
+        _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        assert page.get_by_text("still working on your previous request").count() == 0
+        assert page.get_by_text("waiting for the stopped request").count() == 0  # nothing ran to wait for
+        _shot(page, "17-after-stopped-planning")
+    finally:
+        context.close()
+
+
+def test_a_reopened_thread_has_its_buttons_and_they_work(page, chat_server):
+    """Branch from here / Undo / Versions under every result of a reopened chat (Chainlit keeps
+    messages and images, not buttons: the app rebuilds them); `/undo` answers like the button."""
+    _open_chat(page, chat_server)
+    _send(page, "/generate a harbour with boats")
+    _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    _send(page, "/adjust exposure=+1")
+    page.get_by_text("#2 (from #1)").wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    _send(page, "/undo")
+    page.get_by_text("Back to #1").wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    undone = page.locator(".message-content", has_text="Back to #1").last
+    undone.locator("img").first.wait_for()  # /undo shows the image, like the Undo button
+    assert page.get_by_role("button", name="Branch from here").count() == 3
+    page.wait_for_timeout(1500)  # the data layer writes after the message is shown
+    page.reload(wait_until="domcontentloaded")
+    page.locator("#thread-history").get_by_text("/generate a harbour with boats").first.click()
+    _assistant_images(page).first.wait_for(timeout=30_000)
+    branch = page.get_by_role("button", name="Branch from here")
+    branch.first.wait_for()
+    assert branch.count() == 3 and page.get_by_role("button", name="Undo").count() == 3
+    assert page.get_by_role("button", name="Versions").count() == 3
+    page.get_by_text(re.compile(r"#2 \(from #1\) · \d+×\d+ · adjusted: exposure \+1 stop")).wait_for()  # lines kept
+    branch.nth(1).scroll_into_view_if_needed()
+    _shot(page, "18-reopened-thread-buttons")
+    branch.nth(1).click()  # the adjusted one, from the reopened chat
+    page.get_by_text("Back to #2 (the adjusted one)").wait_for(timeout=TURN_TIMEOUT)
+    page.get_by_role("button", name="Versions").last.click()
+    listing = page.locator(".message-content", has_text="Versions of this chat").last
+    listing.wait_for()
+    assert "#2 adjusted: exposure +1 stop — from #1 (current)" in listing.inner_text()
+    _shot(page, "19-reopened-thread-branched")
+
+
+def test_a_relight_with_faces_says_who_was_kept_and_offers_another_try(page, chat_server, tmp_path, face_photos):
+    """Under the relit photo of six people: each face checked, by place and distance, and when a
+    face is lost (random-weight engines lose them) the answer says so, with Try again and Back."""
+    with Image.open(face_photos["group"]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((320, 320))
+        im.save(tmp_path / "party.jpg", format="JPEG", quality=92)
+    _open_chat(page, chat_server)
+    _send(page, "/relight warm left", files=[str(tmp_path / "party.jpg")])
+    line = page.get_by_text(re.compile(r"#2 \(from #1\) · \d+×\d+ · relit: .*face 1 \(the person on the left\)"))
+    line.wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    text = line.inner_text()
+    assert "watermark " in text and "img_" not in text
+    if "LOST" in text or "NOT kept" in text:
+        answer = page.locator(".message-content", has_text="#2 (from #1)").last.inner_text()
+        assert "Careful:" in answer
+        page.get_by_role("button", name="Back to #1").wait_for()
+        page.get_by_role("button", name="Back to #1").scroll_into_view_if_needed()
+        _shot(page, "20-relight-with-faces")
+        page.get_by_role("button", name="Try again").click()
+        page.get_by_text(re.compile(r"#3 \(from #1\) · ")).wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        _shot(page, "21-relight-tried-again")
+    else:
+        assert page.get_by_role("button", name="Try again").count() == 0
+        _shot(page, "20-relight-with-faces")
 
 
 def test_unsupported_and_oversized_uploads_are_refused_in_the_browser(page, chat_server, tmp_path):
