@@ -358,10 +358,15 @@ async def test_bad_arguments_are_answered_in_one_line(tiny_atelier):
             assert result.isError, (tool, args)
             assert [c.text for c in result.content] == [expected]
 
-        # a list is the contract's own crop and still works; a text stays text even when it reads as JSON
+        # a list is the contract's own crop and still works, and so does an object sent as a JSON text
+        # (as Claude Desktop sends objects); a text argument stays text even when it reads as JSON
         cropped = await client.call_tool("adjust_image", {"image": ref, "crop": [0.5, 0, 1, 1]})
         assert not cropped.isError, cropped.content
         assert _text(cropped)["images"][0]["width"] == 20
+        as_text = await client.call_tool("adjust_image", {
+            "image": ref, "crop": json.dumps({"left": 0, "top": 0.5, "right": 1, "bottom": 1})})
+        assert not as_text.isError, as_text.content
+        assert (_text(as_text)["images"][0]["width"], _text(as_text)["images"][0]["height"]) == (40, 15)
         as_json = await client.call_tool("generate_image", {"prompt": '["a red fox", "snow"]', "count": 2})
         assert not as_json.isError, as_json.content
         assert len(_text(as_json)["images"]) == 2
