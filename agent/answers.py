@@ -225,6 +225,23 @@ def _face_names(result: ToolResult) -> list[str]:
     return [f"face {f.face + 1}" for f in result.faces]
 
 
+def face_notes(record: CallRecord) -> list[str]:
+    """Each face the call checked, as the line under its result says it: "face 1 (the person on
+    the left) kept (distance 0.21)", "... LOST" (in the order of `record.result.faces`)."""
+    result, changed = record.result, record.args.get("preserve_identity") is False
+    notes = []
+    for face, name in zip(result.faces, _face_names(result)):
+        if face.distance is None:
+            notes.append(_t("line.face_lost", face=name))
+        elif changed:
+            notes.append(_t("line.face_changed", face=name, distance=face.distance))
+        elif face.same_person:
+            notes.append(_t("line.face_kept", face=name, distance=face.distance))
+        else:
+            notes.append(_t("line.face_drifted", face=name, distance=face.distance))
+    return notes
+
+
 def result_line(record: CallRecord, facts: Facts, ref: str) -> str:
     """The compact line under an image, always visible: its number and size, what changed, each
     person kept (with the distance) or not, the drift corrected, the watermark id."""
@@ -238,16 +255,7 @@ def result_line(record: CallRecord, facts: Facts, ref: str) -> str:
     if result.size:
         parts.append(f"{result.size[0]}×{result.size[1]}")
     parts.append(version_words(version, facts))
-    changed = args.get("preserve_identity") is False
-    for face, name in zip(result.faces, _face_names(result)):
-        if face.distance is None:
-            parts.append(_t("line.face_lost", face=name))
-        elif changed:
-            parts.append(_t("line.face_changed", face=name, distance=face.distance))
-        elif face.same_person:
-            parts.append(_t("line.face_kept", face=name, distance=face.distance))
-        else:
-            parts.append(_t("line.face_drifted", face=name, distance=face.distance))
+    parts.extend(face_notes(record))
     drift = result.drift
     if drift:
         corrected = []

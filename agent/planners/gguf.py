@@ -569,6 +569,8 @@ class GGUFPlanner(ChatModel):
         return self._llm
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PlannerReply:
+        if self._llm is None and self.on_status is not None:  # a chat shows why its first turn waits
+            self._status("loading the planner model (once after a start)")
         llm = self.llm
         t0 = time.perf_counter()
         with _LOCK:

@@ -440,3 +440,20 @@ def test_a_stop_ends_a_first_run_preparation_between_chunks():
     assert len(llm.evaluated) == gguf.PREFILL_CHUNK and len(lines) == 1 and "~" in lines[0]  # one chunk, then stopped
     gguf.evaluate_prefix(llm, prefix, lines.append)  # not stopped: the whole prefix, with its progress
     assert llm.evaluated == prefix and len(lines) == 1 + 3
+
+
+def test_the_first_turn_after_a_start_says_the_planner_model_is_loading(monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    from agent.planners import gguf
+
+    monkeypatch.setenv("ATELIER_PROMPT_CACHE", "0")
+    loaded = []
+    monkeypatch.setattr(gguf, "_load_llama", lambda *a: loaded.append(a) or _ScriptedLlama([" reply", " Hi!"] * 2))
+    planner = gguf.GGUFPlanner(_settings(n_ctx=1 << 20), model_path="planner.gguf")
+    seen = []
+    planner.on_status = seen.append
+    messages = build_messages(history=[], images=[], user_text="hello")
+    assert planner.chat(messages, plan_json_schemas()).text == "Hi!"
+    assert seen == ["loading the planner model (once after a start)"] and len(loaded) == 1
+    planner.chat(messages, plan_json_schemas())
+    assert len(seen) == 1  # loaded once: the next turns say nothing

@@ -106,6 +106,8 @@ def test_upload_and_relight(page, chat_server, tmp_path):
     page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=sheet.element_handle())
     branch = page.get_by_role("button", name=re.compile(r"Branch from #\d"))
     assert branch.count() == 1  # every version but the current one
+    branch.first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     _shot(page, "04-versions")
     branch.first.click()
     page.get_by_text("Back to #2 (the relit one)").wait_for()
@@ -162,6 +164,8 @@ def test_consent_question_is_answered_with_a_button(page, chat_server, tmp_path,
     question = page.locator(".message-content", has_text="Do you have their consent").last.inner_text()
     assert "face 1 (the person on the left)" in question and "img_" not in question
     assert _assistant_images(page).count() == 1  # the crops; nothing is edited before the answer
+    yes.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     _shot(page, "07-consent-question")
     yes.click()
     _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
@@ -298,7 +302,7 @@ def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
         page.locator("[id^='step-']", has_text="generate_image").first.wait_for(timeout=TURN_TIMEOUT)
         page.locator("#stop-button").click()
         page.get_by_text("Task manually stopped.").wait_for()
-        page.get_by_text("Stopped: generate_image ends at its next step").wait_for()
+        page.get_by_text(re.compile(r"Stopped: generate_image( \(at denoising step \d+ of \d+\))? ends at its next step")).wait_for()
         _shot(page, "12-stopped")
         assert _assistant_images(page).count() == 0
         _send(page, "/generate a paper lantern")  # at once: it waits for the stopped engine
@@ -393,6 +397,15 @@ def test_a_relight_with_faces_says_who_was_kept_and_offers_another_try(page, cha
     _wait_turn_done(page)
     text = line.inner_text()
     assert "watermark " in text and "img_" not in text
+    # the step, one click away, shows the faces it checked: cropped from #1, labelled with the verdict
+    page.locator("[id^='step-']", has_text="relight_image").first.click()
+    page.get_by_text("Checks:").first.wait_for()
+    faces = page.locator("img[alt='faces-checked.png']").first
+    faces.wait_for()
+    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=faces.element_handle())
+    faces.scroll_into_view_if_needed()
+    page.wait_for_timeout(800)
+    _shot(page, "20a-relight-faces-checked")
     if "LOST" in text or "NOT kept" in text:
         answer = page.locator(".message-content", has_text="#2 (from #1)").last.inner_text()
         assert "Careful:" in answer

@@ -328,3 +328,33 @@ def test_closing_text_of_a_declined_consent_and_of_an_error_the_answer_already_g
     error = TurnError(code="engine_error", message="no image img_ff in the store")
     assert render.closing_text("relight failed: no image img_ff in the store", None, error, False) \
         == "relight failed: no image img_ff in the store"
+
+
+def test_a_stored_thread_gives_back_each_result_with_what_its_buttons_need():
+    """What `on_chat_resume` rebuilds the buttons from: the metadata a result message was saved
+    with (as the data layer reads it back: a dict, or JSON text), else the ref its image is named by."""
+    import json
+
+    followups = [{"kind": "retry", "label": "Try again", "call": {"name": "relight_image", "args": {"image": "img_aaaaaaaaaaaa"}}},
+                 {"kind": "back", "label": "Back to #1", "ref": "img_aaaaaaaaaaaa"}]
+    thread = {
+        "steps": [
+            {"id": "m1", "type": "user_message", "metadata": {}},
+            {"id": "m2", "type": "assistant_message", "metadata": {render.RESULT_KEY: {"ref": "img_bbbbbbbbbbbb",
+                                                                                      "followups": followups}}},
+            {"id": "m3", "type": "assistant_message",
+             "metadata": json.dumps({render.RESULT_KEY: {"ref": "img_cccccccccccc", "followups": []}})},
+            {"id": "m4", "type": "assistant_message", "metadata": {}},  # saved before the metadata existed
+            {"id": "m5", "type": "assistant_message", "metadata": None},  # text only: no buttons
+        ],
+        "elements": [
+            {"forId": "m1", "type": "image", "name": "holiday.png"},
+            {"forId": "m4", "type": "image", "name": "img_dddddddddddd"},
+        ],
+    }
+    found = render.stored_results(thread)
+    assert [(m, ref) for m, ref, _ in found] == [("m2", "img_bbbbbbbbbbbb"), ("m3", "img_cccccccccccc"),
+                                                 ("m4", "img_dddddddddddd")]
+    retry, back = found[0][2]
+    assert (retry.kind, retry.call["name"], back.kind, back.ref) == ("retry", "relight_image", "back", "img_aaaaaaaaaaaa")
+    assert found[1][2] == [] and found[2][2] == []

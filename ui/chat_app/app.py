@@ -27,9 +27,9 @@ from chainlit.server import app as fastapi_app
 from chainlit.utils import utc_now
 
 from agent.config import load_profile
-from agent.turn import (AnswerEvent, ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, Followup, ImageEvent,
-                        OutputImage, ProgressEvent, Refusal, RefusalEvent, StatusEvent, ToolEndEvent, ToolStartEvent,
-                        TurnError, TurnEvent, TurnResult)
+from agent.turn import (AnswerEvent, CallRecord, ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, Followup,
+                        ImageEvent, OutputImage, ProgressEvent, Refusal, RefusalEvent, StatusEvent, ToolEndEvent,
+                        ToolStartEvent, TurnError, TurnEvent, TurnResult)
 from tools.errors import AtelierError, RateLimitedError
 from ui.chat_app import ENV_OVERRIDES, ENV_PASSWORD, ENV_PROFILE, ENV_USERNAME, ui_root
 from ui.chat_app import render
@@ -187,11 +187,8 @@ def result_actions(ref: str | None, followups: list[Followup] = ()) -> list[cl.A
     return actions
 
 
-RESULT_KEY = "atelier"  # message metadata: {"ref": the image the buttons act on, "followups": [...]}
-
-
 def _result_metadata(ref: str | None, followups: list[Followup] = ()) -> dict[str, Any]:
-    return {RESULT_KEY: {"ref": ref, "followups": [f.model_dump(mode="json") for f in followups]}}
+    return {render.RESULT_KEY: {"ref": ref, "followups": [f.model_dump(mode="json") for f in followups]}}
 
 
 async def send_result(content: str, images: list[OutputImage], followups: list[Followup] = ()) -> None:
@@ -234,34 +231,10 @@ async def on_chat_resume(thread):
     asyncio.create_task(_ask_pending_consent(_thread_id()))
 
 
-def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[Followup]]]:
-    """(message id, image ref, followups) of every result message of a stored thread, from the
-    metadata `send_result` kept (Chainlit stores messages and images, not their buttons)."""
-    out = []
-    for step in thread.get("steps") or []:
-        meta = step.get("metadata") or {}
-        if isinstance(meta, str):
-            try:
-                meta = json.loads(meta)
-            except json.JSONDecodeError:
-                continue
-        kept = meta.get(RESULT_KEY) if isinstance(meta, dict) else None
-        if not isinstance(kept, dict) or not step.get("id"):
-            continue
-        followups = []
-        for item in kept.get("followups") or []:
-            try:
-                followups.append(Followup.model_validate(item))
-            except ValueError:
-                continue
-        out.append((str(step["id"]), kept.get("ref"), followups))
-    return out
-
-
 async def _rebuild_actions(thread: dict[str, Any]) -> None:
     """The buttons of a reopened chat's results, sent again for their messages."""
     try:
-        for message_id, ref, followups in stored_results(thread):
+        for message_id, ref, followups in render.stored_results(thread):
             for action in result_actions(ref, followups):
                 await action.send(for_id=message_id)
     except Exception:  # noqa: BLE001 - a chat without its buttons still reads
@@ -309,7 +282,8 @@ async def on_chat_end():
 class TurnView:
     """Turns the agent's TurnEvents into Chainlit steps and messages."""
 
-    def __init__(self):
+    def __init__(self, session=None):
+        self.session = session  # the agent session (its images: the faces a check measured)
         # tool steps hang under the turn's run step (Chainlit wraps on_message in one), so they
         # show between the user's message and the answer, in a resumed thread too
         running = local_steps.get() or []
@@ -317,6 +291,7 @@ class TurnView:
         self.steps: dict[str, cl.Step] = {}
         self._progress_at: dict[str, float] = {}  # call id -> when its step last showed progress
         self._denoising_total: dict[str, int] = {}  # call id -> denoising steps of its run
+        self._denoising_step: dict[str, int] = {}  # call id -> the last denoising step it reported
         self.status: dict[str, Any] | None = None  # the transient "planning…" line (a step dict)
         self.images: list[OutputImage] = []
         self.answer: str = ""
@@ -363,6 +338,7 @@ class TurnView:
         elif isinstance(event, ProgressEvent):
             step = self.steps.get(event.call_id)
             self._denoising_total[event.call_id] = event.total
+            self._denoising_step[event.call_id] = event.step
             now = time.monotonic()
             last = self._progress_at.get(event.call_id, 0.0)
             final = event.step >= event.total
@@ -378,6 +354,9 @@ class TurnView:
                 await step.send()
             step.output = render.tool_output(event.result, self._denoising_total.get(event.call_id))
             step.end = utc_now()
+            faces = await self.faces_checked(CallRecord(name=event.name, args=event.args, result=event.result))
+            if faces is not None:
+                step.elements = [faces]
             self.running = None
             if event.name == "revert" and event.result.ok and event.result.current:
                 self.reverted = event.result.current
@@ -422,11 +401,14 @@ class TurnView:
         self.error = result.error or self.error
 
     async def close_open_steps(self, note: str) -> None:
-        """Steps that never got their tool_end (stopped, failed, disconnected) say so and end."""
+        """Steps that never got their tool_end (stopped, failed, disconnected) say so and end
+        (with the denoising step they had reached)."""
         await self.show_status(None)
-        for step in self.steps.values():
+        for call_id, step in self.steps.items():
             if step.end is None:
-                step.output = note
+                reached = self._denoising_step.get(call_id)
+                total = self._denoising_total.get(call_id)
+                step.output = f"{note} at denoising step {reached} of {total}" if reached and total else note
                 step.end = utc_now()
                 step.is_error = True
                 await step.update()
@@ -443,10 +425,33 @@ class TurnView:
         shown = [img for img in images if img.path and Path(img.path).is_file()]
         await send_result(self.closing_text(bool(shown)), shown, self.followups)
 
+    async def faces_checked(self, record: CallRecord) -> cl.Image | None:
+        """The faces a call's identity check measured, cropped from the image it started from and
+        labelled with the verdict the line gives ("face 2 (the person on the right) LOST"): shown
+        in the call's step, next to its checks."""
+        from agent.answers import face_notes
+
+        faces, source = record.result.faces, record.args.get("image")
+        if self.session is None or not faces or not source or not all(f.box for f in faces):
+            return None
+        try:
+            path = await asyncio.to_thread(self.session.image_path, source)
+            items = [(path, tuple(f.box), note) for f, note in zip(faces, face_notes(record))]
+            data = await asyncio.to_thread(render.faces_sheet, items, lines=4)
+        except (AtelierError, OSError, ValueError):
+            log.exception("could not crop the checked faces")
+            return None
+        return cl.Image(content=data, name="faces-checked.png", display="inline", size="large", mime="image/png")
+
     def stop_text(self) -> str:
-        """What a stop ended: planning (nothing ran) or the tool whose step was open."""
+        """What a stop ended: planning (nothing ran) or the tool whose step was open (and the
+        denoising step it had reached)."""
         if self.running:
-            return TEXTS["stopped_running"].format(tool=self.running)
+            open_calls = [k for k, step in self.steps.items() if step.end is None]
+            reached = [(self._denoising_step[k], self._denoising_total[k]) for k in open_calls
+                       if k in self._denoising_step and k in self._denoising_total]
+            where = TEXTS["stopped_at_step"].format(step=reached[-1][0], total=reached[-1][1]) if reached else ""
+            return TEXTS["stopped_running"].format(tool=self.running, where=where)
         return TEXTS["stopped_planning"]
 
 
@@ -499,7 +504,7 @@ async def _ask_consent(session, consent: ConsentQuestion) -> bool | None:
 
 
 async def _run_turn(session, text: str, images: list[NamedImage]) -> None:
-    view = TurnView()
+    view = TurnView(session)
     thread_id = _thread_id()
     _VIEWS[thread_id] = view
     try:
@@ -566,7 +571,7 @@ async def _ask_pending_consent(thread_id: str) -> None:
     if pending is None:
         return
     _RUNNING[thread_id] = asyncio.current_task()
-    view = TurnView()
+    view = TurnView(session)
     view.consent = pending
     try:
         await _answer_consent_and_finish(session, view)
@@ -729,7 +734,7 @@ async def on_retry(action: cl.Action):
     _RUNNING[thread_id] = asyncio.current_task()
     try:
         session = current_session()
-        view = TurnView()
+        view = TurnView(session)
         _VIEWS[thread_id] = view
         async for event in session.astream_call(str(call.get("name") or ""), dict(call.get("args") or {})):
             await view.handle(event)

@@ -272,7 +272,8 @@ def versions_sheet(items: list[tuple[str, str]]) -> bytes:
     return contact_sheet(tiles, THUMB_SIDE, lines=2, columns=4)
 
 
-def faces_sheet(items: list[tuple[str, tuple[int, int, int, int], str]], margin: float = 0.35) -> bytes:
+def faces_sheet(items: list[tuple[str, tuple[int, int, int, int], str]], margin: float = 0.35, *,
+                lines: int = 3) -> bytes:
     """The faces of a consent question ((path, box, label) each, in their numbered order), each
     cropped with a margin around its box and labelled as every note names the person."""
     from PIL import Image
@@ -285,7 +286,7 @@ def faces_sheet(items: list[tuple[str, tuple[int, int, int, int], str]], margin:
             area = (max(0, int(left - pad_x)), max(0, int(top - pad_y)),
                     min(image.width, int(right + pad_x)), min(image.height, int(bottom + pad_y)))
             tiles.append((image.crop(area), label))
-    return contact_sheet(tiles, FACE_SIDE, lines=3, columns=6)
+    return contact_sheet(tiles, FACE_SIDE, lines=lines, columns=6)
 
 
 def versions_text(entries: list[Any]) -> str:
@@ -306,3 +307,46 @@ def versions_text(entries: list[Any]) -> str:
 def consent_people_text(labels: list[str]) -> str:
     """The line over the face crops of a consent question."""
     return texts()["consent_people"].format(people="; ".join(labels))
+
+
+# -- the buttons of a reopened chat --------------------------------------------------------------
+RESULT_KEY = "atelier"  # a result message's metadata: {"ref": the image its buttons act on, "followups": [...]}
+
+
+def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[Any]]]:
+    """(message id, image ref, followups) of every result message of a stored thread, from the
+    metadata `send_result` kept (Chainlit stores messages and images, not their buttons); a
+    result saved before that metadata existed is known by its image, named by its ref."""
+    from pathlib import Path
+
+    from agent.turn import Followup
+    from tools.schemas import is_ref
+
+    images: dict[str, str] = {}  # message id -> the ref of its last image
+    for element in thread.get("elements") or []:
+        name, for_id = str(element.get("name") or ""), element.get("forId")
+        if for_id and element.get("type") == "image" and is_ref(Path(name).stem):
+            images[str(for_id)] = Path(name).stem
+    out = []
+    for step in thread.get("steps") or []:
+        meta = step.get("metadata") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except json.JSONDecodeError:
+                meta = {}
+        kept = meta.get(RESULT_KEY) if isinstance(meta, dict) else None
+        if not step.get("id"):
+            continue
+        if not isinstance(kept, dict):
+            if step.get("type") == "assistant_message" and str(step["id"]) in images:
+                out.append((str(step["id"]), images[str(step["id"])], []))
+            continue
+        followups = []
+        for item in kept.get("followups") or []:
+            try:
+                followups.append(Followup.model_validate(item))
+            except ValueError:
+                continue
+        out.append((str(step["id"]), kept.get("ref"), followups))
+    return out
