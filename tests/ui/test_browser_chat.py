@@ -224,6 +224,8 @@ def test_a_consent_question_left_open_is_asked_again_when_the_chat_is_reopened(b
         page.locator("#thread-history").get_by_text("/edit make the team look ten years older").first.click()
         yes = page.get_by_role("button", name="Yes, I have their consent")
         yes.wait_for(timeout=30_000)
+        people = page.locator(".message-content", has_text="Who this edit would change").last
+        people.locator("img").first.wait_for()  # the faces are shown again with the question
         _shot(page, "09a-consent-asked-again")
         yes.click()
         _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
@@ -437,3 +439,18 @@ def test_unsupported_and_oversized_uploads_are_refused_in_the_browser(page, chat
     page.wait_for_timeout(500)
     assert page.locator(".message-content img").count() == 0
     assert page.locator(".message-content").count() == 1
+
+
+def test_variations_each_get_a_line_and_a_branch_button(page, chat_server):
+    _open_chat(page, chat_server)
+    _send(page, "/generate a red kite over a beach n=2")
+    page.get_by_role("button", name="Branch from #2").wait_for(timeout=TURN_TIMEOUT)
+    _wait_turn_done(page)
+    assert page.get_by_role("button", name="Branch from #1").count() == 1
+    assert page.get_by_role("button", name="Branch from here").count() == 0
+    for number in (1, 2):
+        page.get_by_text(re.compile(rf"#{number} · \d+×\d+ · generated: a red kite over a beach")).wait_for()
+    page.get_by_role("button", name="Branch from #1").click()
+    page.get_by_text("Back to #1 (the generated one)").wait_for(timeout=TURN_TIMEOUT)
+    page.get_by_role("button", name="Branch from #1").first.scroll_into_view_if_needed()
+    _shot(page, "22-variations")

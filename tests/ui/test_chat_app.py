@@ -342,8 +342,9 @@ def test_a_stored_thread_gives_back_each_result_with_what_its_buttons_need():
             {"id": "m1", "type": "user_message", "metadata": {}},
             {"id": "m2", "type": "assistant_message", "metadata": {render.RESULT_KEY: {"ref": "img_bbbbbbbbbbbb",
                                                                                       "followups": followups}}},
-            {"id": "m3", "type": "assistant_message",
-             "metadata": json.dumps({render.RESULT_KEY: {"ref": "img_cccccccccccc", "followups": []}})},
+            {"id": "m3", "type": "assistant_message",  # two variations in one message
+             "metadata": json.dumps({render.RESULT_KEY: {"ref": "img_cccccccccccc", "followups": [], "images": [
+                 {"ref": "img_eeeeeeeeeeee", "number": 3}, {"ref": "img_cccccccccccc", "number": 4}]}})},
             {"id": "m4", "type": "assistant_message", "metadata": {}},  # saved before the metadata existed
             {"id": "m5", "type": "assistant_message", "metadata": None},  # text only: no buttons
         ],
@@ -353,8 +354,9 @@ def test_a_stored_thread_gives_back_each_result_with_what_its_buttons_need():
         ],
     }
     found = render.stored_results(thread)
-    assert [(m, ref) for m, ref, _ in found] == [("m2", "img_bbbbbbbbbbbb"), ("m3", "img_cccccccccccc"),
-                                                 ("m4", "img_dddddddddddd")]
+    assert [(m, ref) for m, ref, _, _ in found] == [("m2", "img_bbbbbbbbbbbb"), ("m3", "img_cccccccccccc"),
+                                                    ("m4", "img_dddddddddddd")]
     retry, back = found[0][2]
     assert (retry.kind, retry.call["name"], back.kind, back.ref) == ("retry", "relight_image", "back", "img_aaaaaaaaaaaa")
     assert found[1][2] == [] and found[2][2] == []
+    assert found[1][3] == [("img_eeeeeeeeeeee", 3), ("img_cccccccccccc", 4)] and found[2][3] == []

@@ -166,9 +166,11 @@ def chat_settings(values: dict[str, Any] | None = None) -> cl.ChatSettings:
     ])
 
 
-def result_actions(ref: str | None, followups: list[Followup] = ()) -> list[cl.Action]:
+def result_actions(ref: str | None, followups: list[Followup] = (),
+                   variations: list[tuple[str, int | None]] = ()) -> list[cl.Action]:
     """The buttons under a result: a failed face check's next steps first (another try, back to
-    the source), then the history tree: branch from this image, undo, every version."""
+    the source), then the history tree: branch from this image (from each one, "Branch from #4",
+    when the message shows several: `variations`, (ref, number) pairs), undo, every version."""
     actions = []
     for followup in followups:
         if followup.kind == "retry":
@@ -177,9 +179,15 @@ def result_actions(ref: str | None, followups: list[Followup] = ()) -> list[cl.A
         elif followup.ref:
             actions.append(cl.Action(name="branch", payload={"ref": followup.ref}, label=followup.label,
                                      icon="arrow-left", tooltip="Make the image this one started from current again"))
-    if ref:
+    if len(variations) > 1:
+        for each, number in variations:
+            actions.append(cl.Action(name="branch", payload={"ref": each}, icon="git-branch",
+                                     label=TEXTS["action_branch_from"].format(number=number) if number else each,
+                                     tooltip="Make this image the current one: the next change starts from it"))
+    elif ref:
         actions.append(cl.Action(name="branch", payload={"ref": ref}, label=TEXTS["action_branch"], icon="git-branch",
                                  tooltip="Make this image the current one: the next change starts from it"))
+    if ref:
         actions.append(cl.Action(name="undo", payload={"ref": ref}, label=TEXTS["action_undo"], icon="undo-2",
                                  tooltip="Go back to the version before the current one"))
     actions.append(cl.Action(name="versions", payload={}, label=TEXTS["action_versions"], icon="history",
@@ -187,8 +195,10 @@ def result_actions(ref: str | None, followups: list[Followup] = ()) -> list[cl.A
     return actions
 
 
-def _result_metadata(ref: str | None, followups: list[Followup] = ()) -> dict[str, Any]:
-    return {render.RESULT_KEY: {"ref": ref, "followups": [f.model_dump(mode="json") for f in followups]}}
+def _result_metadata(ref: str | None, followups: list[Followup], variations: list[tuple[str, int | None]]
+                     ) -> dict[str, Any]:
+    return {render.RESULT_KEY: {"ref": ref, "followups": [f.model_dump(mode="json") for f in followups],
+                                "images": [{"ref": each, "number": number} for each, number in variations]}}
 
 
 async def send_result(content: str, images: list[OutputImage], followups: list[Followup] = ()) -> None:
@@ -204,9 +214,10 @@ async def send_result(content: str, images: list[OutputImage], followups: list[F
             elements.append(cl.Text(name=f"#{img.number}" if img.number else img.ref, content=img.line,
                                     display="inline"))
     ref = shown[-1].ref if shown else None
+    variations = [(img.ref, img.number) for img in shown]
     await cl.Message(content=content, elements=elements, author="Atelier",
-                     actions=result_actions(ref, followups) if shown else [],
-                     metadata=_result_metadata(ref, followups) if shown else None).send()
+                     actions=result_actions(ref, followups, variations) if shown else [],
+                     metadata=_result_metadata(ref, followups, variations) if shown else None).send()
 
 
 # -- lifecycle --------------------------------------------------------------------------------
@@ -234,8 +245,8 @@ async def on_chat_resume(thread):
 async def _rebuild_actions(thread: dict[str, Any]) -> None:
     """The buttons of a reopened chat's results, sent again for their messages."""
     try:
-        for message_id, ref, followups in render.stored_results(thread):
-            for action in result_actions(ref, followups):
+        for message_id, ref, followups, variations in render.stored_results(thread):
+            for action in result_actions(ref, followups, variations):
                 await action.send(for_id=message_id)
     except Exception:  # noqa: BLE001 - a chat without its buttons still reads
         log.exception("could not rebuild the buttons of thread %s", thread.get("id"))

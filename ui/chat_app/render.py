@@ -313,10 +313,11 @@ def consent_people_text(labels: list[str]) -> str:
 RESULT_KEY = "atelier"  # a result message's metadata: {"ref": the image its buttons act on, "followups": [...]}
 
 
-def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[Any]]]:
-    """(message id, image ref, followups) of every result message of a stored thread, from the
-    metadata `send_result` kept (Chainlit stores messages and images, not their buttons); a
-    result saved before that metadata existed is known by its image, named by its ref."""
+def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[Any], list[tuple[str, int | None]]]]:
+    """(message id, image ref, followups, (ref, number) of each image) of every result message of
+    a stored thread, from the metadata `send_result` kept (Chainlit stores messages and images,
+    not their buttons); a result saved before that metadata existed is known by its image, named
+    by its ref."""
     from pathlib import Path
 
     from agent.turn import Followup
@@ -340,7 +341,7 @@ def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[A
             continue
         if not isinstance(kept, dict):
             if step.get("type") == "assistant_message" and str(step["id"]) in images:
-                out.append((str(step["id"]), images[str(step["id"])], []))
+                out.append((str(step["id"]), images[str(step["id"])], [], []))
             continue
         followups = []
         for item in kept.get("followups") or []:
@@ -348,5 +349,7 @@ def stored_results(thread: dict[str, Any]) -> list[tuple[str, str | None, list[A
                 followups.append(Followup.model_validate(item))
             except ValueError:
                 continue
-        out.append((str(step["id"]), kept.get("ref"), followups))
+        variations = [(str(item["ref"]), item.get("number")) for item in kept.get("images") or []
+                      if isinstance(item, dict) and is_ref(str(item.get("ref") or ""))]
+        out.append((str(step["id"]), kept.get("ref"), followups, variations))
     return out
