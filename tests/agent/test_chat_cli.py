@@ -46,6 +46,7 @@ def test_demo_planner_and_text_output(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[generate_image]" in out and "saved img_" in out and ".png" in out
     assert "Here is a new picture of a red fox in the snow" in out  # the answer, composed from the result
+    assert "  #1 · " in out and "generated: a red fox in the snow · watermark " in out  # the line under the image
 
 
 def test_a_bad_command_is_one_line_on_stderr(tmp_path, capsys):

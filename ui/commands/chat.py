@@ -69,6 +69,8 @@ def _print_text(result: TurnResult) -> None:
         print(f"[{call.name}] {json.dumps(call.args, ensure_ascii=False)} -> {status}")
     for image in result.images:
         print(f"saved {image.ref} ({image.width}x{image.height}): {image.path}")
+        if image.line:  # what a chat shows under it: number, what changed, each person, watermark
+            print(f"  {image.line}")
     if result.answer:
         print(result.answer)
     if result.consent is not None:
