@@ -457,6 +457,8 @@ class TurnView:
     def stop_text(self) -> str:
         """What a stop ended: planning (nothing ran) or the tool whose step was open (and the
         denoising step it had reached)."""
+        if self.consent is not None:  # stopped on the consent question: the call never started
+            return TEXTS["stopped_question"].format(tool=self.running or "the edit")
         if self.running:
             open_calls = [k for k, step in self.steps.items() if step.end is None]
             reached = [(self._denoising_step[k], self._denoising_total[k]) for k in open_calls
