@@ -749,10 +749,15 @@ async def on_retry(action: cl.Action):
         session = current_session()
         view = TurnView(session)
         _VIEWS[thread_id] = view
-        async for event in session.astream_call(str(call.get("name") or ""), dict(call.get("args") or {})):
-            await view.handle(event)
-        await _answer_consent_and_finish(session, view)
+        try:
+            async for event in session.astream_call(str(call.get("name") or ""), dict(call.get("args") or {})):
+                await view.handle(event)
+            await _answer_consent_and_finish(session, view)
+        except asyncio.CancelledError:  # the stop button, as for a typed request
+            await _stopped(view)
+            raise
     finally:
         _VIEWS.pop(thread_id, None)
         if _RUNNING.get(thread_id) is asyncio.current_task():
             _RUNNING.pop(thread_id, None)
+            _STOPPING.discard(thread_id)
