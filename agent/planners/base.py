@@ -78,3 +78,9 @@ def stop_requested() -> bool:
     """Whether the turn whose model call is running was asked to stop."""
     check = _STOP.get()
     return bool(check is not None and check())
+
+
+def stop_check() -> Callable[[], bool] | None:
+    """The stop check of the model call running in this context (for a backend that hands it to
+    native code running outside it, e.g. llama.cpp's compute thread)."""
+    return _STOP.get()

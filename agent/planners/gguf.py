@@ -35,13 +35,40 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.planners.base import ChatModel, PlannerReply, ToolCall, stop_requested
+from agent.planners.base import ChatModel, PlannerReply, ToolCall, stop_check, stop_requested
 from agent.planners.gguf_assets import locate_gguf
 from agent.planners.parsing import format_tool_call, parse_tool_calls
 from tools.errors import CancelledError, ModelUnavailableError
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple, Any] = {}
+
+# llama.cpp asks its abort callback between the nodes of every decode, so a stop ends even the
+# evaluation of a long prompt at once (llama_decode then fails; the context is cleaned up from
+# its last good token by the next eval). The callback runs in llama.cpp's compute thread, where
+# the turn's context variable is not set: it reads the stop check of the call holding _LOCK.
+_ABORT_CHECK: list[Callable[[], bool] | None] = [None]
+_ABORT_CALLBACK: Any = None  # the ctypes callback, kept alive for as long as the contexts
+
+
+def _abort_requested(_data) -> bool:
+    check = _ABORT_CHECK[0]
+    try:
+        return bool(check is not None and check())
+    except Exception:  # noqa: BLE001 - a failing check never aborts a decode
+        return False
+
+
+def _install_abort(llm) -> None:
+    global _ABORT_CALLBACK
+    import llama_cpp
+
+    try:
+        if _ABORT_CALLBACK is None:
+            _ABORT_CALLBACK = llama_cpp.ggml_abort_callback(_abort_requested)
+        llama_cpp.llama_set_abort_callback(llm._ctx.ctx, _ABORT_CALLBACK, None)
+    except (AttributeError, TypeError):  # another llama-cpp-python: stops at the next token only
+        pass
 
 
 @atexit.register
@@ -105,6 +132,7 @@ def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str |
             if chat_format:
                 kwargs["chat_format"] = chat_format
             llm = Llama(**kwargs)
+            _install_abort(llm)
             _MODELS[key] = llm
         return llm
 
@@ -574,12 +602,20 @@ class GGUFPlanner(ChatModel):
         llm = self.llm
         t0 = time.perf_counter()
         with _LOCK:
-            if self.chat_format == "qwen" and self.two_step and _deciding(messages) and tools:
-                reply = self._chat_two_step(llm, messages, tools)
-            elif self.chat_format == "qwen":
-                reply = self._chat_native(llm, messages, tools)
-            else:
-                reply = self._chat_handler(llm, messages, tools)
+            _ABORT_CHECK[0] = stop_check()
+            try:
+                if self.chat_format == "qwen" and self.two_step and _deciding(messages) and tools:
+                    reply = self._chat_two_step(llm, messages, tools)
+                elif self.chat_format == "qwen":
+                    reply = self._chat_native(llm, messages, tools)
+                else:
+                    reply = self._chat_handler(llm, messages, tools)
+            except RuntimeError as err:  # "llama_decode returned 2": aborted by a stop
+                if stop_requested():
+                    raise CancelledError("stopped by the user") from None
+                raise
+            finally:
+                _ABORT_CHECK[0] = None
         self.last_timing = {"seconds": time.perf_counter() - t0, "prefix": self.prefix_state}
         return reply
 

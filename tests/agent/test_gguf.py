@@ -253,7 +253,7 @@ def test_prepared_prompt_state_is_restored_by_a_new_planner(tmp_path, monkeypatc
     # the tools a turn sends: the prefix prepare_prompt saved (agent.intents.plan_json_schemas)
     planner.chat(build_messages(history=[], images=[], user_text="hi"), plan_json_schemas())
     assert planner.prefix_state == "restored" and planner.last_timing["prefix"] == "restored"
-    assert calls == []
+    assert calls == ["loading the planner model (once after a start)"]  # and no preparation
     assert list((tmp_path / "models" / "prompt-cache").glob("*.state")) == states
 
 
@@ -457,3 +457,33 @@ def test_the_first_turn_after_a_start_says_the_planner_model_is_loading(monkeypa
     assert seen == ["loading the planner model (once after a start)"] and len(loaded) == 1
     planner.chat(messages, plan_json_schemas())
     assert len(seen) == 1  # loaded once: the next turns say nothing
+
+
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_a_stop_ends_the_real_planner_in_the_middle_of_its_prompt(tmp_path, monkeypatch):
+    """The stop button while llama.cpp evaluates a long prompt (no token generated yet): its abort
+    callback ends the decode at once, the call raises CancelledError, and the next call works."""
+    from agent.planners import gguf
+    from agent.planners.base import stoppable
+    from tools.errors import CancelledError
+
+    monkeypatch.setenv("ATELIER_PROMPT_CACHE", "0")
+    # a short system text: the long user message is the prompt being evaluated when the stop comes
+    monkeypatch.setattr("agent.prompting.system_prompt", lambda examples=True: "You are a planner. Use the tools.")
+    monkeypatch.setattr(gguf, "decide_head", lambda tools: "<|im_start|>system\nYou are a planner.<|im_end|>\n")
+    planner = gguf.GGUFPlanner(_real_settings(n_ctx=4096, max_tokens=48), root=str(tmp_path))
+    tools = plan_json_schemas()
+    messages = build_messages(history=[], images=[], user_text="warm lamp light from the left on this photo. " * 100)
+    prompt = planner.llm.tokenize(gguf.decide_prompt(messages, tools).encode("utf-8"), add_bos=False, special=True)
+    asked = []
+
+    def stop_once_started() -> bool:  # asked between the graph nodes of each decode
+        asked.append(1)
+        return len(asked) > 50
+
+    with stoppable(stop_once_started), pytest.raises(CancelledError):
+        planner.chat(messages, tools)
+    assert 0 <= planner.llm.n_tokens < len(prompt)  # the prompt's evaluation was cut, no token generated
+    reply = planner.chat(build_messages(history=[], images=[], user_text="make a picture of a red fox"), tools)
+    assert [c.name for c in reply.tool_calls] == ["generate_image"]  # the context recovers from the aborted decode
