@@ -454,3 +454,36 @@ def test_variations_each_get_a_line_and_a_branch_button(page, chat_server):
     page.get_by_text("Back to #1 (the generated one)").wait_for(timeout=TURN_TIMEOUT)
     page.get_by_role("button", name="Branch from #1").first.scroll_into_view_if_needed()
     _shot(page, "22-variations")
+
+
+@pytest.mark.gguf
+def test_the_offline_planner_shows_its_first_run_preparation_and_a_stop_ends_it(browser, start_chat_server):
+    """The real offline planner (the GGUF on this machine) on a data root whose prompt state was
+    never prepared: the first turn says it is preparing the planner, with an estimate and then
+    its progress; stop ends it at once (llama.cpp is aborted) and the chat goes on."""
+    from agent.config import load_profile
+    from agent.planners import gguf_assets
+
+    path = gguf_assets.find_gguf(load_profile("offline").planner)
+    if path is None:
+        pytest.skip("planner GGUF not assembled (make model)")
+    server = start_chat_server(args=["--profile", "offline", "--set", f"planner.model_path={path}"])
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        _open_chat(page, server)
+        _send(page, "a lighthouse at dusk")
+        page.get_by_text(re.compile(r"preparing the planner.*(~\d+ s|%)")).first.wait_for(timeout=300_000)
+        _shot(page, "23-offline-planner-preparing")
+        page.locator("#stop-button").click()
+        page.get_by_text("Stopped before anything ran").wait_for()
+        assert page.get_by_text("preparing the planner").count() == 0  # the status went with the stop
+        assert _assistant_images(page).count() == 0
+        _shot(page, "24-offline-planner-stopped")
+        _send(page, "/generate a paper lantern")  # no planner: answered once llama.cpp has let go
+        _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        assert page.get_by_text("still working on your previous request").count() == 0
+    finally:
+        context.close()
