@@ -304,7 +304,8 @@ def test_stop_ends_a_long_turn_and_the_chat_goes_on(browser, start_chat_server):
         page.locator("[id^='step-']", has_text="generate_image").first.wait_for(timeout=TURN_TIMEOUT)
         page.locator("#stop-button").click()
         page.get_by_text("Task manually stopped.").wait_for()
-        page.get_by_text(re.compile(r"Stopped: generate_image( \(at denoising step \d+ of \d+\))? ends at its next step")).wait_for()
+        stopped = re.compile(r"Stopped: generate_image( \(at denoising step \d+ of \d+\))? ends at its next step")
+        page.get_by_text(stopped).wait_for()
         _shot(page, "12-stopped")
         assert _assistant_images(page).count() == 0
         _send(page, "/generate a paper lantern")  # at once: it waits for the stopped engine
