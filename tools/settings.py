@@ -131,11 +131,12 @@ class SafetySettings(BaseModel):
 class ProvenanceSettings(BaseModel):
     watermark: bool = True
     watermark_rivagan: bool = False
-    # Which invisible watermark carries the id: "dwtdctsvd" (chroma; read against this data root's
-    # registry), "lattice" (luminance, self-checking id under a key: read on any machine, survives
-    # rescaling, rotation, big crops, grayscale, screenshots; `tools/provenance/lattice.py`) or
-    # "both" (each layer; ~2 dB lower PSNR). Figures: README, `atelier eval watermark --scheme`.
-    watermark_scheme: Literal["dwtdctsvd", "lattice", "both"] = "dwtdctsvd"
+    # Which invisible watermark carries the id: "lattice" (the default: luminance, self-checking id
+    # under a key, read on any machine; survives rescaling, rotation, big crops, grayscale and
+    # screenshots; `tools/provenance/lattice.py`), "dwtdctsvd" (chroma; read against this data
+    # root's registry; survives none of those) or "both" (each layer; ~2 dB lower PSNR). Figures:
+    # README, `atelier eval watermark --scheme`.
+    watermark_scheme: Literal["dwtdctsvd", "lattice", "both"] = "lattice"
     # Key of the lattice watermark: None = the public key in the code (any Atelier reads the id);
     # a private string makes marks only its holders can read (verify tries it and the public one).
     watermark_key: str | None = None

@@ -7,6 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from tools.provenance.evals import synthetic_image
 from tools.safety import AuditLog
 from ui.cli import main
 
@@ -36,7 +37,9 @@ def test_screen_bad_jsonl_is_a_clear_error(tmp_path, capsys):
 def test_seal_then_verify_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ATELIER_HOME", str(tmp_path / "home"))
     src = tmp_path / "in.png"
-    Image.fromarray((np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8)).save(src)
+    # a photo-like image (smooth texture with fine noise); the default lattice mark lives in the
+    # luminance and cannot be read from pure white noise, which no camera or engine makes
+    synthetic_image(3, 300, np.random.default_rng(0)).crop((0, 0, 300, 200)).save(src)
     out = tmp_path / "out.png"
     assert main(["seal", str(src), str(out), "--profile", "tiny"]) == 0
     capsys.readouterr()

@@ -184,12 +184,16 @@ def natural_photos() -> list[Image.Image]:
     try:
         import skimage.data as data
 
-        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left"):
+        # photos, not texture close-ups (grass, gravel, brick: see the README); two grayscale ones
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+                     "retina", "stereo_motorcycle", "camera", "moon"):
             try:
                 arr = getattr(data, name)()
             except Exception:  # a dataset not bundled in this version
                 continue
-            photos.append(Image.fromarray(np.asarray(arr)[..., :3].astype(np.uint8)).convert("RGB"))
+            arr = np.asarray(arr[0] if isinstance(arr, tuple) else arr)  # stereo_motorcycle: (left, right, disparity)
+            arr = arr[..., :3] if arr.ndim == 3 else arr  # camera, moon: grayscale
+            photos.append(Image.fromarray(arr.astype(np.uint8)).convert("RGB"))
     except ImportError:
         pass
     import importlib.util
@@ -305,8 +309,8 @@ def register_eval(sub) -> None:
     p.add_argument("--clean", type=int, default=200, help="clean images for false positives (default 200)")
     p.add_argument("--clean-size", type=int, default=512, help="side of the clean images (default 512)")
     p.add_argument("--attacks", default=None, help="comma-separated subset of: " + ", ".join(ATTACKS))
-    p.add_argument("--scheme", default="dwtdctsvd", choices=("dwtdctsvd", "lattice"),
-                   help="dwtdctsvd (chroma, registry-matched) or lattice (luminance, self-checking, public key)")
+    p.add_argument("--scheme", default="lattice", choices=("lattice", "dwtdctsvd"),
+                   help="lattice (the default: luminance, self-checking, public key) or dwtdctsvd (chroma, registry-matched)")
     p.add_argument("--no-photos", action="store_true", help="synthetic images only (no natural photos)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
