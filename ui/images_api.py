@@ -40,7 +40,9 @@ from tools.schemas import ASPECT_RATIOS, describe_validation_error
 MAX_N = 4
 
 
-class ImageGenerationRequest(BaseModel):
+class _ImagesRequest(BaseModel):
+    """What both Images API requests carry (an edit's images come as files or data URLs beside it)."""
+
     model_config = ConfigDict(extra="allow")  # quality, style, background, moderation... accepted, ignored
 
     prompt: str = Field(min_length=1)
@@ -51,23 +53,15 @@ class ImageGenerationRequest(BaseModel):
     output_format: str | None = None
     user: str | None = None
     stream: bool | None = None
+
+
+class ImageGenerationRequest(_ImagesRequest):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # Atelier's extension
     negative_prompt: str | None = None  # Atelier's extension
 
 
-class ImageEditRequest(BaseModel):
+class ImageEditRequest(_ImagesRequest):
     """The fields of an edit other than its images (multipart form fields or a JSON body)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    size: str | None = None
-    response_format: Literal["b64_json", "url"] | None = None
-    output_format: str | None = None
-    user: str | None = None
-    stream: bool | None = None
 
 
 def aspect_ratio_for(size: str | None, source: tuple[int, int] | None = None) -> str | None:
