@@ -504,12 +504,15 @@ def seal(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         parent = item.parent
         edited = item.origin == "edited"
         tool_call = item.tool_call or {"name": call.name, "args": call.args}
+        specific = exact_actions(call.name, tool_call.get("args") or call.args)
+        ai_generated = specific is None or _ai_lineage(store, parent)
         sealed = services.sealer.seal(
             image, action="edited" if edited else "created", source_type=_source_type(call.name, edited),
             parent=store.read_bytes(parent) if parent else None, tool_call=tool_call,
+            specific=specific, ai_generated=ai_generated,
         )
         metadata = dict(item.metadata)
-        metadata.update(watermark_id=sealed.watermark_id, source_refs=item.source_refs)
+        metadata.update(watermark_id=sealed.watermark_id, source_refs=item.source_refs, ai_generated=ai_generated)
         version = store.put(sealed.data, parent=parent, session=runtime.context.thread_id, origin=item.origin,
                             tool_call=tool_call, metadata=metadata)
         store.discard_staged(item.staging_id)
@@ -556,6 +559,30 @@ def build_graph(checkpointer=None):
     graph.add_conditional_edges("seal", _next)
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+# The C2PA action of each argument of an exact adjustment (adjust_image: no generative model).
+EXACT_ACTIONS = {"exposure_ev": "c2pa.color_adjustments", "white_balance_k": "c2pa.color_adjustments",
+                 "contrast": "c2pa.color_adjustments", "saturation": "c2pa.color_adjustments",
+                 "rotate_deg": "c2pa.orientation", "crop": "c2pa.cropped"}
+
+
+def exact_actions(tool: str, args: dict[str, Any]) -> list[str] | None:
+    """The specific C2PA actions of a non-generative call (None for a generative one)."""
+    if tool != "adjust_image":
+        return None
+    return list(dict.fromkeys(EXACT_ACTIONS[k] for k in EXACT_ACTIONS if args.get(k) is not None)) or ["c2pa.edited"]
+
+
+def _ai_lineage(store, ref: str | None) -> bool:
+    """Whether a generative model made any pixels of `ref` (its own flag, set when it was sealed;
+    an upload has none: a photo; older versions without the flag count as generated)."""
+    if ref is None:
+        return True
+    version = store.get(ref)
+    if "ai_generated" in version.metadata:
+        return bool(version.metadata["ai_generated"])
+    return version.origin != "upload"
 
 
 def _source_type(tool: str, edited: bool) -> str:

@@ -381,9 +381,13 @@ class ImageStore:
         name = upload_name(filename)
         image = decode_upload(data, self.limits, name=name)
         resized_from = image.info.get("resized_from")
-        metadata = {"resized_from": resized_from} if resized_from else None
+        metadata: dict[str, Any] = {"resized_from": resized_from} if resized_from else {}
+        from tools.provenance.credentials import declares_ai
+
+        if declares_ai(data):  # the file says a model made it: its adjustments stay labelled AI-generated
+            metadata["ai_generated"] = True
         return self.put(image, session=session, origin="upload", filename=Path(filename).name if filename else None,
-                        owner=owner, metadata=metadata)
+                        owner=owner, metadata=metadata or None)
 
     def put(
         self,

@@ -177,3 +177,38 @@ def test_optional_rivagan_layer_carries_the_id(key_dir):
 def test_hypotheses_count_matches_what_the_search_tries():
     """The union bound counts exactly the readings `candidates` yields."""
     assert sum(1 for _ in wm.candidates(np.zeros((128, 128, 3), np.float32))) == wm.hypotheses()
+
+
+def test_exact_adjustments_record_their_own_actions_and_no_ai_label_on_a_photo(tmp_path):
+    """issue 16 item 5: an adjustment of a real photo is `c2pa.color_adjustments` / `c2pa.cropped`,
+    with no digital source type and no "AI-generated" label; of a generated image it stays labelled."""
+    from agent import Atelier
+    from agent.config import load_profile
+
+    app = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path)}}))
+    session = app.session("t-exact")
+    photo = Image.fromarray((np.random.default_rng(1).random((96, 128, 3)) * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    upload = session.upload(buf.getvalue(), filename="photo.png")
+    adjusted = session.call_tool("adjust_image", {"image": upload.ref, "exposure_ev": 0.5, "crop": [0.1, 0.1, 0.9, 0.9]})
+    ref = adjusted.images[0].ref
+    report = session.verify(ref)
+    assert report["c2pa"]["actions"] == ["c2pa.opened", "c2pa.color_adjustments", "c2pa.cropped"]
+    assert report["c2pa"]["digital_source_types"] == []
+    assert report["metadata"]["ai_generated"] is False
+    assert app.store.get(ref).metadata["ai_generated"] is False
+
+    generated = session.call_tool("generate_image", {"prompt": "a lighthouse"}).images[0].ref
+    rotated = session.call_tool("adjust_image", {"image": generated, "rotate_deg": 90}).images[0].ref
+    report = session.verify(rotated)
+    assert report["c2pa"]["actions"] == ["c2pa.opened", "c2pa.orientation"]
+    assert report["metadata"]["ai_generated"] is True
+    assert report["c2pa"]["soft_binding"] == report["watermark"]["id"]
+
+    # an uploaded file that says a model made it stays AI-generated when adjusted
+    again = session.upload(session.image_bytes(generated), filename="from-elsewhere.png")
+    assert app.store.get(again.ref).metadata.get("ai_generated") is True
+    brighter = session.call_tool("adjust_image", {"image": again.ref, "exposure_ev": 1}).images[0].ref
+    assert session.verify(brighter)["metadata"]["ai_generated"] is True
+    app.close()

@@ -22,7 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
-SOFT_BINDING_ALG = "org.atelier.dwtDctSvd.v1"
+# the soft-binding assertion names the watermark that carries the id (C2PA soft bindings)
+SOFT_BINDING_ALGS = {"dwtdctsvd": "org.atelier.dwtDctSvd.v1", "lattice": "org.atelier.lattice.v2",
+                     "both": "org.atelier.lattice.v2"}
+SOFT_BINDING_ALG = SOFT_BINDING_ALGS["dwtdctsvd"]
 
 
 def _name(cn: str) -> x509.Name:
@@ -90,25 +93,39 @@ def make_signer(key_dir: str | Path) -> c2pa.Signer:
 
 
 def build_manifest(
-    *, action: str, source_type: str, claim_generator: str, watermark_id: str | None,
+    *, action: str, source_type: str | None, claim_generator: str, watermark_id: str | None,
     tool_call: dict | None, has_parent: bool = False, title: str = "image.png",
+    specific: list[str] | None = None, soft_binding_alg: str = SOFT_BINDING_ALG,
 ) -> dict[str, Any]:
-    source = source_type if source_type.startswith("http") else IPTC + source_type
+    """The manifest of one result. `specific`: the C2PA actions an exact, non-generative edit did
+    (`c2pa.color_adjustments`, `c2pa.cropped`, `c2pa.orientation`), recorded instead of a generic
+    `c2pa.edited` and without a digital source type (no model made those pixels). `source_type`
+    None: no digital source type at all."""
+    source = None if source_type is None else source_type if source_type.startswith("http") else IPTC + source_type
     agent = {"name": claim_generator}
-    main: dict[str, Any] = {"action": f"c2pa.{action}", "digitalSourceType": source, "softwareAgent": agent}
-    if tool_call:
-        main["parameters"] = {"description": json.dumps(tool_call, sort_keys=True, default=str)[:2000]}
+    params = {"description": json.dumps(tool_call, sort_keys=True, default=str)[:2000]} if tool_call else None
+
+    def step(name: str, generative: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": name, "softwareAgent": agent}
+        if generative and source:
+            out["digitalSourceType"] = source
+        if params:
+            out["parameters"] = dict(params)
+        return out
+
+    main = [step(a, False) for a in specific] if specific else [step(f"c2pa.{action}", True)]
     if action == "created":
-        actions = [main]
+        actions = main
     elif has_parent:  # an edit starts by opening the parent (the ingredient)
-        actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": [PARENT_LABEL]}}, main]
+        actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": [PARENT_LABEL]}}, *main]
     else:  # an edit of something we do not have: the claim still has to start with created/opened
-        actions = [{"action": "c2pa.created", "digitalSourceType": source, "softwareAgent": agent}, main]
+        created = {"action": "c2pa.created", "softwareAgent": agent, **({"digitalSourceType": source} if source else {})}
+        actions = [created, *main]
     assertions: list[dict[str, Any]] = [{"label": "c2pa.actions.v2", "data": {"actions": actions}}]
     if watermark_id:
         assertions.append({
             "label": "c2pa.soft-binding",
-            "data": {"alg": SOFT_BINDING_ALG, "blocks": [{"scope": {}, "value": watermark_id}]},
+            "data": {"alg": soft_binding_alg, "blocks": [{"scope": {}, "value": watermark_id}]},
         })
     return {
         "claim_generator_info": [{"name": claim_generator, "version": "0.1"}],
@@ -193,3 +210,25 @@ def read_credentials(data: bytes, *, trust_anchors: str | None = None) -> dict[s
         "signer": (manifest.get("signature_info") or {}).get("common_name"),
         "failures": failures,
     }
+
+
+AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "compositeSynthetic",
+                   "algorithmicMedia")
+
+
+def declares_ai(data: bytes) -> bool:
+    """Whether a file says a model made it: IPTC digital source types in its XMP or C2PA manifest,
+    or an `AI-Generated: true` text chunk (what Atelier and other generators write)."""
+    head = data[: 4 * 2**20]
+    if b"AI-Generated\x00true" in head:  # a PNG tEXt chunk: keyword, NUL, text
+        return True
+    if any(t.encode() in head for t in AI_SOURCE_TYPES):
+        return True
+    if _mime(data) == "application/octet-stream":
+        return False
+    try:
+        found = read_credentials(data)
+    except Exception:  # noqa: BLE001 - an unreadable manifest declares nothing
+        return False
+    return any(t in AI_SOURCE_TYPES for t in found.get("digital_source_types") or [])
+
