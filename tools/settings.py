@@ -130,7 +130,7 @@ class SafetySettings(BaseModel):
 
 class ProvenanceSettings(BaseModel):
     watermark: bool = True
-    watermark_rivagan: bool = False
+    watermark_rivagan: bool = False  # an extra learned layer under the id mark; pair it with dwtdctsvd
     # Which invisible watermark carries the id: "lattice" (the default: luminance, self-checking id
     # under a key, read on any machine; survives rescaling, rotation, big crops, grayscale and
     # screenshots; `tools/provenance/lattice.py`), "dwtdctsvd" (chroma; read against this data

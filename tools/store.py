@@ -194,6 +194,14 @@ def _bomb_message(name: str, data: bytes, err: Exception, limits: LimitSettings)
     return f"{name}: the image{count}; the limit is {_pixels(limits.max_pixels)}"
 
 
+def _decodes_as_is(data: bytes) -> bool:
+    """Whether these bytes decode to the pixels `normalize_image` would store: 8-bit RGB, one
+    frame, no EXIF rotation (then the file itself can be kept)."""
+    with Image.open(io.BytesIO(data)) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        return im.mode == "RGB" and getattr(im, "n_frames", 1) == 1 and orientation in (None, 1)
+
+
 def decode_upload(data: bytes, limits: LimitSettings, *, name: str = UPLOAD_NAME, fit: bool = True) -> Image.Image:
     """Validate and decode uploaded bytes; raise BadImageError with one readable line.
 
@@ -382,11 +390,17 @@ class ImageStore:
         image = decode_upload(data, self.limits, name=name)
         resized_from = image.info.get("resized_from")
         metadata: dict[str, Any] = {"resized_from": resized_from} if resized_from else {}
-        from tools.provenance.credentials import declares_ai
+        from tools.provenance.credentials import declares_ai, has_credentials
 
         if declares_ai(data):  # the file says a model made it: its adjustments stay labelled AI-generated
             metadata["ai_generated"] = True
-        return self.put(image, session=session, origin="upload", filename=Path(filename).name if filename else None,
+        stored: Image.Image | bytes = image
+        if not resized_from and has_credentials(data) and _decodes_as_is(data):
+            # content credentials live in the file: keep its bytes, so an edit of it names the upload,
+            # manifest and all, as its ingredient (re-encoding would drop them)
+            stored = data
+            metadata["credentials"] = True
+        return self.put(stored, session=session, origin="upload", filename=Path(filename).name if filename else None,
                         owner=owner, metadata=metadata or None)
 
     def put(

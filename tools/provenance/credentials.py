@@ -189,6 +189,10 @@ def read_credentials(data: bytes, *, trust_anchors: str | None = None) -> dict[s
         state = reader.get_validation_state() or "Invalid"
         manifest = reader.get_active_manifest() or {}
         results = reader.get_validation_results() or {}
+        try:
+            store = json.loads(reader.json())
+        except (c2pa.C2paError, ValueError, TypeError):
+            store = {}
     actions, source_types, soft = [], [], None
     for assertion in manifest.get("assertions", []):
         if assertion.get("label", "").startswith("c2pa.actions"):
@@ -207,6 +211,8 @@ def read_credentials(data: bytes, *, trust_anchors: str | None = None) -> dict[s
         "digital_source_types": source_types,
         "soft_binding": soft,
         "ingredients": len(manifest.get("ingredients", [])),
+        # manifests in the file: more than one when an ingredient brought its own credentials
+        "manifests": len(store.get("manifests") or {}) or 1,
         "signer": (manifest.get("signature_info") or {}).get("common_name"),
         "failures": failures,
     }
@@ -231,4 +237,14 @@ def declares_ai(data: bytes) -> bool:
     except Exception:  # noqa: BLE001 - an unreadable manifest declares nothing
         return False
     return any(t in AI_SOURCE_TYPES for t in found.get("digital_source_types") or [])
+
+
+def has_credentials(data: bytes) -> bool:
+    """Whether the file carries a C2PA manifest (valid or not)."""
+    if _mime(data) == "application/octet-stream" or b"c2pa" not in data[: 64 * 2**20]:
+        return False
+    try:
+        return bool(read_credentials(data).get("present"))
+    except Exception:  # noqa: BLE001
+        return False
 
