@@ -98,3 +98,24 @@ def test_add_figure_then_screen_an_image(tmp_path, capsys, face_photos):
     group.write_bytes(face_photos["group"].read_bytes())
     assert main(["screen", "--gallery", str(gallery), "--add-figure", "Crowd", str(group)]) == 2
     assert "6 faces" in capsys.readouterr().err
+
+
+def test_resealing_a_sealed_image_keeps_its_watermark_and_chains_its_manifest(tmp_path, capsys, monkeypatch):
+    """issue 16 item 5: `atelier seal` of an already sealed file adds a manifest over the old one
+    (the old file is the ingredient) and keeps the first watermark id, instead of starting over."""
+    monkeypatch.setenv("ATELIER_HOME", str(tmp_path / "home"))
+    src, once, twice = tmp_path / "in.png", tmp_path / "once.png", tmp_path / "twice.png"
+    synthetic_image(1, 320, np.random.default_rng(2)).save(src)
+    assert main(["seal", str(src), str(once), "--profile", "tiny"]) == 0
+    assert main(["seal", str(once), str(twice), "--profile", "tiny"]) == 0
+    assert "already sealed" in capsys.readouterr().out
+    assert main(["verify", str(once), "--json", "--profile", "tiny"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["verify", str(twice), "--json", "--profile", "tiny"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["watermark"]["detected"] and second["watermark"]["id"] == first["watermark"]["id"]
+    assert second["c2pa"]["state"] == "Trusted"
+    assert second["c2pa"]["actions"] == ["c2pa.opened", "c2pa.edited.metadata"]
+    assert second["c2pa"]["manifests"] == 2 and first["c2pa"]["manifests"] == 1
+    assert second["c2pa"]["soft_binding"] == first["watermark"]["id"]
+    assert np.array_equal(np.asarray(Image.open(once).convert("RGB")), np.asarray(Image.open(twice).convert("RGB")))

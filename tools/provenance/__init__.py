@@ -98,16 +98,18 @@ class Sealer:
         tool_call: dict | None = None,
         specific: list[str] | None = None,
         ai_generated: bool = True,
+        existing_id: str | None = None,
     ) -> SealedImage:
         """Watermark, plain metadata and C2PA manifest of one result. `specific`: the C2PA actions
         of an exact edit (recorded instead of `c2pa.edited`); `ai_generated` False: nothing
         generative made any of these pixels (an exact adjustment of a photo), so the file is not
-        labelled AI-generated."""
+        labelled AI-generated. `existing_id`: the image already carries this watermark (a re-seal):
+        it is kept, not overwritten by a new one."""
         if action not in ("created", "edited"):
             raise ValueError(f"action must be 'created' or 'edited', not {action!r}")
         image = image.convert("RGB")
-        wm_id = None
-        if self.settings.watermark:
+        wm_id = existing_id
+        if self.settings.watermark and existing_id is None:
             wm_id = self._new_id()
             if self.settings.watermark_rivagan:  # optional learned layer first, dwtDctSvd on top
                 from tools.provenance import rivagan
@@ -143,7 +145,7 @@ class Sealer:
                 soft_binding_alg=SOFT_BINDING_ALGS.get(self.settings.watermark_scheme, SOFT_BINDING_ALGS["dwtdctsvd"]),
             )
             data = sign_png(data, manifest, self._signer, parent=parent)
-        if wm_id:
+        if wm_id and wm_id not in self.registry:
             self.registry.add(
                 wm_id, action=action, sha256=hashlib.sha256(data).hexdigest(),
                 parent_sha256=hashlib.sha256(parent).hexdigest() if parent else None,

@@ -22,7 +22,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tools.provenance import Sealer
+    from tools.provenance import Sealer, verify_bytes
+    from tools.provenance.credentials import declares_ai
     from tools.settings import LimitSettings, ProvenanceSettings
     from tools.store import decode_upload, read_upload_file
 
@@ -37,11 +38,22 @@ def run(args) -> int:
         settings, root, limits = ProvenanceSettings(), Path(default_data_root()), LimitSettings()
     key_dir = Path(args.key_dir or settings.key_dir or root / "keys")
     # Sealed at its own size (the user's file, not a working copy); the hard limits still hold.
-    image = decode_upload(read_upload_file(args.input, limits), limits, name=args.input, fit=False)
+    data = read_upload_file(args.input, limits)
+    image = decode_upload(data, limits, name=args.input, fit=False)
     parent = read_upload_file(args.parent, limits) if args.parent else None
     source = args.source_type or ("compositeWithTrainedAlgorithmicMedia" if parent else "trainedAlgorithmicMedia")
-    sealed = Sealer(settings, key_dir).seal(image, action=args.action, source_type=source, parent=parent,
-                                            tool_call={"name": "seal", "args": {"input": Path(args.input).name}})
+    sealer = Sealer(settings, key_dir)
+    call = {"name": "seal", "args": {"input": Path(args.input).name}}
+    prior = verify_bytes(data, key_dir=key_dir, registry=sealer.registry, watermark_key=settings.watermark_key)
+    if prior["watermark"].get("detected") or prior["c2pa"].get("present"):
+        # already sealed: a new manifest over the old one (the file, with its manifest, is the
+        # ingredient) and the first watermark kept, so its id stays findable
+        sealed = sealer.seal(image, action="edited", source_type=source, parent=parent or data, tool_call=call,
+                             specific=["c2pa.edited.metadata"], ai_generated=declares_ai(data),
+                             existing_id=prior["watermark"].get("id") if prior["watermark"].get("detected") else None)
+        print(f"{args.input} was already sealed: added a manifest over its credentials, kept its watermark")
+    else:
+        sealed = sealer.seal(image, action=args.action, source_type=source, parent=parent, tool_call=call)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ""):
         print(f"note: sealed images are PNG; writing PNG bytes to {out}")
