@@ -85,6 +85,8 @@ class TurnState(BaseModel):
     result: ToolResult | None = None
     repairs: int = 0
     planner_calls: int = 0
+    prompt_tokens: int = 0  # what this turn's model calls cost, as the planner counted them
+    completion_tokens: int = 0
     answer: str = ""
     refused: Refusal | None = None
     error: TurnError | None = None
@@ -105,7 +107,7 @@ def _j(value: Any) -> Any:
 
 TURN_RESET: dict[str, Any] = {
     "queue": [], "call": None, "decision": None, "approved": None, "staged": [], "result": None, "repairs": 0,
-    "planner_calls": 0, "answer": "", "refused": None, "error": None, "stopped": False, "withheld": 0,
+    "planner_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "answer": "", "refused": None, "error": None, "stopped": False, "withheld": 0,
     "calls": [], "images": [], "attached": [],
 }
 
@@ -332,7 +334,9 @@ def plan(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
         return stopped
     step = plan_step(reply, facts_of(state, runtime), deciding=not state.calls,
                      can_repair=state.repairs < MAX_REPAIRS)
-    counted = {"planner_calls": state.planner_calls + 1}
+    counted = {"planner_calls": state.planner_calls + 1,
+               "prompt_tokens": state.prompt_tokens + int(reply.usage.get("prompt_tokens", 0)),
+               "completion_tokens": state.completion_tokens + int(reply.usage.get("completion_tokens", 0))}
     if step.kind:
         _audit(runtime, "malformed_call" if step.kind == "repair" else "call_problem", raw=reply.raw[:2000],
                problem=step.problem[:2000], repaired=step.repairs)

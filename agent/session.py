@@ -45,7 +45,7 @@ from agent.config import Profile, _deep_merge, load_profile
 from agent.graph import Services, TurnContext, TurnState, assistant_message, build_graph
 from agent.planners.base import ChatModel, ToolCall
 from agent.turn import (ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, EventKind, OutputImage, PendingCall,
-                        TurnError, TurnEvent, TurnResult, AnswerEvent, VersionEntry)
+                        TurnError, TurnEvent, TurnResult, AnswerEvent, Usage, VersionEntry)
 from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
 from tools.dbfile import check_sqlite_file, sqlite_path
@@ -581,6 +581,7 @@ class Session:
             refused=state.refused,
             error=state.error,
             planner_calls=state.planner_calls,
+            usage=Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens),
             followups=followups(state.calls, facts),
         )
 

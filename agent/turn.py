@@ -143,6 +143,21 @@ class VersionEntry(_Model):
     current: bool = False
 
 
+class Usage(_Model):
+    """Planner tokens of a turn, as the model counted them (0 for a turn with no model call)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def openai(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
 class TurnResult(_Model):
     """What one turn produced."""
 
@@ -154,6 +169,7 @@ class TurnResult(_Model):
     refused: Refusal | None = None
     error: TurnError | None = None
     planner_calls: int = 0  # model calls this turn made (a turn whose calls all succeed makes one)
+    usage: Usage = Field(default_factory=lambda: Usage())  # the tokens those calls cost
     followups: list[Followup] = Field(default_factory=list)  # buttons for a result whose faces failed
 
 

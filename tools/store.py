@@ -395,9 +395,11 @@ class ImageStore:
         if declares_ai(data):  # the file says a model made it: its adjustments stay labelled AI-generated
             metadata["ai_generated"] = True
         stored: Image.Image | bytes = image
-        if not resized_from and has_credentials(data) and _decodes_as_is(data):
+        known = self.fs.exists(self._version_path(self._ref_for(owner or LOCAL_USER, _sha(data))))
+        if not resized_from and not known and has_credentials(data) and _decodes_as_is(data):
             # content credentials live in the file: keep its bytes, so an edit of it names the upload,
-            # manifest and all, as its ingredient (re-encoding would drop them)
+            # manifest and all, as its ingredient (re-encoding would drop them). A file that is one
+            # of this owner's own versions is re-encoded as before: a new upload of this thread.
             stored = data
             metadata["credentials"] = True
         return self.put(stored, session=session, origin="upload", filename=Path(filename).name if filename else None,

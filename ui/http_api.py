@@ -667,10 +667,12 @@ def _canned(cid: str, created: int, model: str, text: str, stream: bool) -> Resp
     })
 
 
-def _usage_chunk(cid: str, created: int, model: str) -> str:
-    """The last chunk when a client asked `stream_options.include_usage` (Atelier counts no tokens)."""
+def _usage_chunk(cid: str, created: int, model: str, result=None) -> str:
+    """The last chunk when a client asked `stream_options.include_usage`: the planner's tokens."""
+    usage = result.usage.openai() if result is not None else {"prompt_tokens": 0, "completion_tokens": 0,
+                                                              "total_tokens": 0}
     payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-               "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+               "usage": usage}
     return f"data: {json.dumps(payload)}\n\n"
 
 
@@ -777,7 +779,7 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
                 "id": cid, "object": "chat.completion", "created": created, "model": adapter.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": _finish_reason(result)}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "usage": result.usage.openai(),  # the planner's tokens (0 when no model was called)
                 "atelier": _result_extra(adapter, result, base, session.user_id),
             }
         include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -814,7 +816,7 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
             yield _chunk(cid, created, model, {}, _finish_reason(result),
                          _result_extra(adapter, result, base, session.user_id))
             if include_usage:
-                yield _usage_chunk(cid, created, model)
+                yield _usage_chunk(cid, created, model, result)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(replay(), media_type="text/event-stream")
@@ -833,6 +835,7 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
 
     async def sse():
         finished = False
+        result = None
         try:
             yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
             pending = [first] if first is not None else []
@@ -866,7 +869,7 @@ async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, 
             if not finished:
                 yield _chunk(cid, created, model, {}, "stop")
             if include_usage:
-                yield _usage_chunk(cid, created, model)
+                yield _usage_chunk(cid, created, model, result)
             yield "data: [DONE]\n\n"
             finished = True
         except AtelierError as err:

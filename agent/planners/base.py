@@ -40,6 +40,8 @@ class PlannerReply:
     raw: str = ""  # the model's raw output, for debugging and repair prompts
     # calls the parser could not read (near-JSON beyond repair): returned to the model once
     malformed: list[str] = field(default_factory=list)
+    # tokens this call cost, as the model counted them: {"prompt_tokens": n, "completion_tokens": m}
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 class ChatModel(abc.ABC):

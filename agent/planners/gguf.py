@@ -137,6 +137,12 @@ def _load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str |
         return llm
 
 
+def _usage(raw: dict[str, Any] | None) -> dict[str, int]:
+    """llama.cpp's usage of one call (both steps of a two-step decision added up)."""
+    raw = raw or {}
+    return {k: int(raw.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+
+
 def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -616,6 +622,7 @@ class GGUFPlanner(ChatModel):
                 raise
             finally:
                 _ABORT_CHECK[0] = None
+            reply.usage = _usage(self.last_usage)  # read under the lock: this call's, not another session's
         self.last_timing = {"seconds": time.perf_counter() - t0, "prefix": self.prefix_state}
         return reply
 

@@ -75,12 +75,17 @@ class OpenAICompatPlanner(ChatModel):
             raise ModelUnavailableError(f"planner server at {self.settings.base_url}: {err}") from None
         message = response.choices[0].message
         text = message.content or ""
+        used = getattr(response, "usage", None)
+        usage = {"prompt_tokens": int(getattr(used, "prompt_tokens", 0) or 0),
+                 "completion_tokens": int(getattr(used, "completion_tokens", 0) or 0)}
         if not message.tool_calls:
             if "<tool_call>" in text:  # the server did not parse the model's native calls
                 from agent.planners.parsing import parse_tool_calls
 
-                return parse_tool_calls(text)
-            return PlannerReply(text=text, raw=text)
+                parsed = parse_tool_calls(text)
+                parsed.usage = usage
+                return parsed
+            return PlannerReply(text=text, raw=text, usage=usage)
         calls, malformed = [], []
         for call in message.tool_calls:
             raw_args = call.function.arguments or "{}"
@@ -95,7 +100,7 @@ class OpenAICompatPlanner(ChatModel):
             calls.append(ToolCall(call.function.name, args, **({"id": call.id} if call.id else {})))
         raw = text + "".join(f"\n<tool_call>{c.function.name} {c.function.arguments}</tool_call>"
                              for c in message.tool_calls)
-        return PlannerReply(text=text, tool_calls=calls, raw=raw, malformed=malformed)
+        return PlannerReply(text=text, tool_calls=calls, raw=raw, malformed=malformed, usage=usage)
 
     def close(self) -> None:
         close = getattr(self.client, "close", None)

@@ -112,7 +112,9 @@ class TransformersVLPlanner(ChatModel):
             "prompt_tokens": int(inputs["input_ids"].shape[1]),
             "new_tokens": int(new_tokens.shape[0]),
         }
-        return parse_tool_calls(raw)
+        reply = parse_tool_calls(raw)
+        reply.usage = {"prompt_tokens": self.last_timing["prompt_tokens"], "completion_tokens": self.last_timing["new_tokens"]}
+        return reply
 
     def generate(self, inputs: dict[str, Any], *, min_new_tokens: int | None = None):
         """Decode after the prompt with a static KV cache (compiled when `planner.compile`);

@@ -448,3 +448,32 @@ def test_the_last_streamed_chunk_carries_the_atelier_object(local):
     assert len(extras) == 1 and chunks[-1].model_extra.get("atelier") == extras[0]
     assert extras[0]["images"] and extras[0]["images"][0]["ref"].startswith("img_")
     assert extras[0]["tool_calls"][0]["name"] == "generate_image"
+
+
+def test_usage_reports_the_planners_tokens(tmp_path):
+    """issue 16 item 4: `usage` is what the planner's model calls cost this turn (summed over the
+    calls of the turn), in the response and in the streamed usage chunk; not always 0."""
+    from agent.planners.base import PlannerReply, ToolCall
+    from agent.planners.scripted import ScriptedModel
+
+    def planner(messages):
+        last = messages[-1]
+        if last.get("role") == "tool":
+            return PlannerReply(text="Here it is.", usage={"prompt_tokens": 40, "completion_tokens": 5})
+        return PlannerReply(tool_calls=[ToolCall("generate_image", {"prompt": "a kite"})],
+                            usage={"prompt_tokens": 120, "completion_tokens": 30})
+
+    atelier = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path)}}), planner=ScriptedModel(planner))
+    with LoopbackServer(create_app(atelier, ServerOptions())) as server:
+        client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=300)
+        resp = client.chat.completions.create(model="atelier-tiny", messages=[{"role": "user", "content": "a kite"}])
+        calls = resp.model_extra["atelier"]["tool_calls"]
+        assert [c["name"] for c in calls] == ["generate_image"]
+        # one model call (the answer is composed from the result): exactly that call's tokens
+        assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (120, 30)
+        assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+        stream = client.chat.completions.create(model="atelier-tiny", stream=True, stream_options={"include_usage": True},
+                                                messages=[{"role": "user", "content": "another kite"}])
+        chunks = list(stream)
+        assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 120
+    atelier.close()
