@@ -225,6 +225,7 @@ class Session:
         self.images = app.images_for(user_id)
         self._cancel = threading.Event()
         self._worker: asyncio.Future | None = None  # the worker of the latest async turn
+        self._fork: dict[str, Any] | None = None  # the checkpoint the next turn starts from (branch_from)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -242,7 +243,9 @@ class Session:
 
     @property
     def current(self) -> str | None:
-        return self._snapshot().values.get("current")
+        """The image the next turn works on (where a pending `branch_from` starts, if any)."""
+        snap = self.app.graph.get_state(self._fork) if self._fork else self._snapshot()
+        return snap.values.get("current")
 
     def history(self) -> list[ImageVersion]:
         """Every image version of this session, oldest first (a tree through `parent`)."""
@@ -335,6 +338,29 @@ class Session:
     def messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI-style messages (what the planner's history is built from)."""
         return list(self._snapshot().values.get("messages") or [])
+
+    def user_turns(self) -> list[str]:
+        """What the person wrote in each turn of the conversation, oldest first."""
+        return _user_texts(self.messages())
+
+    def branch_from(self, turns: int) -> None:
+        """Make the next turn start where the conversation stood after its first `turns` user turns
+        (0: the start), as a new branch: a chat app's Regenerate or an edited earlier message. The
+        turns after that point stay in the checkpoints and their images in the version tree; the
+        new turn works on the image that was current then, so its result branches from it."""
+        snap = self._snapshot()
+        if len(_user_texts(snap.values.get("messages") or [])) <= turns:
+            self._fork = None  # nothing to go back over
+            return
+        while snap is not None and snap.config:
+            messages = snap.values.get("messages") or []
+            finished = not snap.next or (not messages and turns == 0)
+            if finished and not snap.interrupts and len(_user_texts(messages)) == turns:
+                self._fork = snap.config
+                return
+            parent = snap.parent_config
+            snap = self.app.graph.get_state(parent) if parent else None
+        raise AtelierError(f"this chat has no saved point after {turns} turn(s) to branch from")
 
     def cancel(self) -> None:
         """Stop long work: the engine stops at its next step and the turn ends."""
@@ -522,8 +548,12 @@ class Session:
                               cancel=self._cancel)
             failure: TurnError | None = None
             before = self._checkpoint_id()
+            config = self._config
+            if self._fork is not None and not isinstance(inp, Command):
+                config = {**self._config, "configurable": dict(self._fork["configurable"])}  # a new branch
+                self._fork = None
             try:
-                for mode, chunk in graph.stream(inp, self._config, context=ctx,
+                for mode, chunk in graph.stream(inp, config, context=ctx,
                                                 stream_mode=["custom", "updates"]):
                     if mode == "custom":
                         yield chunk  # a TurnEvent (agent.graph emits them typed)
@@ -596,6 +626,12 @@ def thread_key(user_id: str, thread_id: str) -> str:
     if user_id == LOCAL_USER and not thread_id.startswith("@"):
         return thread_id
     return f"@{quote(user_id, safe='')}/{thread_id}"
+
+
+def _user_texts(messages: list[dict[str, Any]]) -> list[str]:
+    from agent.prompting import REPAIR_FLAG
+
+    return [str(m.get("content") or "").strip() for m in messages if m.get("role") == "user" and not m.get(REPAIR_FLAG)]
 
 
 def _last_result(events: Iterator[TurnEvent]) -> TurnResult:

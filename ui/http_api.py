@@ -560,13 +560,48 @@ class ChatAdapter:
             return str(self._tasks["reply"])
         return None
 
+    async def branch(self, session, earlier: list[str] | None, text: str) -> None:
+        if earlier is None:
+            return
+        point = await asyncio.to_thread(self.branch_point, session, earlier, text)
+        if point is not None:
+            try:
+                await asyncio.to_thread(session.branch_from, point)
+            except AtelierError as err:
+                raise api_error_from(err) from None
+
     def consent_reply(self, session, text: str, images: list[bytes]) -> bool | None:
         if images or session.pending_consent is None:
             return None
         return consent_answer(text, self._replies)
 
-    async def complete(self, session, lock, text: str, images: list[bytes]):
+    def earlier_turns(self, body: ChatCompletionRequest) -> list[str]:
+        """The user turns a request resends before its last one, as the thread stores them."""
+        texts = []
+        for message in [m for m in body.messages if m.role == "user"][:-1]:
+            content = message.content
+            text = content if isinstance(content, str) else "\n".join(
+                p.text or "" for p in content or [] if p.type in ("text", "input_text") and p.text)
+            texts.append(strip_client_wrappers(text or ""))
+        return texts
+
+    def branch_point(self, session, earlier: list[str], text: str) -> int | None:
+        """Where a resent conversation leaves the thread: chat apps branch (Regenerate, an edited
+        earlier message) by resending the conversation up to that point. When the thread holds more
+        turns than the request's history and that history matches the thread's first turns, the new
+        turn runs from there (None: append as usual). A client that sends only its last message
+        (no history) appends, unless that message is the thread's first turn again (regenerate)."""
+        thread = session.user_turns()
+        n = len(earlier)
+        if n >= len(thread) or thread[:n] != earlier:
+            return None
+        if n == 0 and text.strip() != thread[0]:
+            return None
+        return n
+
+    async def complete(self, session, lock, text: str, images: list[bytes], earlier: list[str] | None = None):
         async with lock:
+            await self.branch(session, earlier, text)
             approved = await asyncio.to_thread(self.consent_reply, session, text, images)
             try:
                 if approved is not None:
@@ -772,8 +807,9 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
             return _canned(cid, created, adapter.model_id, canned, body.stream)
         session, lock, text, images = await adapter.prepare(body, request)
         base = str(request.base_url)
+        earlier = adapter.earlier_turns(body)
         if not body.stream:
-            result = await adapter.complete(session, lock, text, images)
+            result = await adapter.complete(session, lock, text, images, earlier)
             content = adapter.render(result, base, session.user_id)
             return {
                 "id": cid, "object": "chat.completion", "created": created, "model": adapter.model_id,
@@ -783,7 +819,8 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
                 "atelier": _result_extra(adapter, result, base, session.user_id),
             }
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return await _stream(adapter, session, lock, text, images, base, cid, created, request, include_usage)
+        return await _stream(adapter, session, lock, text, images, base, cid, created, request, include_usage,
+                             earlier)
 
     from ui.images_api import add_images_routes
 
@@ -792,11 +829,12 @@ def create_app(atelier, options: ServerOptions | None = None) -> FastAPI:
 
 
 async def _stream(adapter: ChatAdapter, session, lock, text, images, base, cid, created, request,
-                  include_usage: bool = False) -> Response:
+                  include_usage: bool = False, earlier: list[str] | None = None) -> Response:
     """SSE in OpenAI's chunk shape: a line per tool step, progress as SSE comments, then the answer."""
     model = adapter.model_id
     await lock.acquire()
     try:
+        await adapter.branch(session, earlier, text)
         approved = await asyncio.to_thread(adapter.consent_reply, session, text, images)
     except BaseException:
         lock.release()

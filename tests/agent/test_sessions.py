@@ -164,3 +164,26 @@ def test_an_attachment_is_named_by_its_own_file_name(make_app, tmp_path):
         session.upload(b"just some notes")
     assert str(err.value).startswith("the uploaded file: ")
     assert planner.calls == [] and session.history() == []
+
+
+def test_branch_from_reruns_a_turn_from_where_the_chat_stood(make_app):
+    """Session.branch_from(n): the next turn starts after the first n user turns (a chat app's
+    Regenerate / edited message), on the image current then; later turns leave the conversation."""
+    app = make_app()  # the tiny profile's scripted planner: a message becomes generate_image
+    session = app.session("t-branch")
+    first = session.send("a lighthouse at dusk").images[0].ref
+    second = session.send("/adjust exposure=+1").images[0].ref
+    assert app.store.get(second).parent == first
+
+    session.branch_from(1)  # regenerate the second turn
+    assert session.current == first
+    again = session.send("/adjust exposure=+1").images[0].ref
+    assert app.store.get(again).parent == first and session.user_turns() == ["a lighthouse at dusk", "/adjust exposure=+1"]
+
+    session.branch_from(0)  # regenerate the first
+    redrawn = session.send("a lighthouse at dawn").images[0].ref
+    assert app.store.get(redrawn).parent is None and session.user_turns() == ["a lighthouse at dawn"]
+    assert {first, second, again, redrawn} <= {v.ref for v in session.history()}  # nothing lost from the tree
+
+    session.branch_from(5)  # past the end: nothing to go back over, the next turn appends
+    assert session.send("/adjust saturation=1.1").images and len(session.user_turns()) == 2

@@ -337,6 +337,9 @@ class _WaitingSession:
     def astream(self, text, images=None):
         raise AssertionError("not used")
 
+    def user_turns(self):  # the turn that asked the question
+        return ["put glasses on her"]
+
 
 class _WaitingAtelier:
     def __init__(self, profile):
@@ -477,3 +480,37 @@ def test_usage_reports_the_planners_tokens(tmp_path):
         chunks = list(stream)
         assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 120
     atelier.close()
+
+
+def test_regenerate_and_an_edited_message_branch_instead_of_compounding(local):
+    """issue 16 item 4: a chat app resends the conversation up to the message it regenerates (or
+    whose edit it sends); the turn runs from that point, on the image current then, so the version
+    tree branches there instead of stacking a second adjustment on the first one's result."""
+    thread = {"X-Atelier-Thread": "branching"}
+    first = local.client.chat.completions.create(
+        model="atelier-tiny", messages=[{"role": "user", "content": "a red fox in the snow"}], extra_headers=thread)
+    fox = first.model_extra["atelier"]["images"][0]["ref"]
+    history = [{"role": "user", "content": "a red fox in the snow"},
+               {"role": "assistant", "content": first.choices[0].message.content}]
+    adjust = {"role": "user", "content": "/adjust exposure=+1"}
+    once = local.client.chat.completions.create(model="atelier-tiny", messages=[*history, adjust], extra_headers=thread)
+    brighter = once.model_extra["atelier"]["images"][0]["ref"]
+    assert local.atelier.store.get(brighter).parent == fox
+
+    again = local.client.chat.completions.create(model="atelier-tiny", messages=[*history, adjust],  # Regenerate
+                                                 extra_headers=thread)
+    regenerated = again.model_extra["atelier"]["images"][0]["ref"]
+    assert regenerated != brighter and local.atelier.store.get(regenerated).parent == fox  # a sibling, not stacked
+
+    edited = {"role": "user", "content": "/adjust exposure=-1"}  # the same message, edited
+    darker = local.client.chat.completions.create(model="atelier-tiny", messages=[*history, edited], extra_headers=thread)
+    ref = darker.model_extra["atelier"]["images"][0]["ref"]
+    assert local.atelier.store.get(ref).parent == fox
+    session = local.atelier.session("branching", user_id="local")
+    assert session.user_turns() == ["a red fox in the snow", "/adjust exposure=-1"]
+
+    # the conversation goes on from the edited branch
+    onward = local.client.chat.completions.create(model="atelier-tiny", extra_headers=thread, messages=[
+        *history, edited, {"role": "assistant", "content": darker.choices[0].message.content},
+        {"role": "user", "content": "/adjust saturation=1.2"}])
+    assert local.atelier.store.get(onward.model_extra["atelier"]["images"][0]["ref"]).parent == ref
