@@ -542,25 +542,23 @@ def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def describe_faces(boxes: list[tuple[int, int, int, int]], width: int | None = None) -> list[str]:
+def describe_faces(boxes: list[tuple[int, int, int, int]]) -> list[str]:
     """Where each face is, in the words a person uses, for faces numbered 1, 2, ... left to right
     (the order of `FaceAnalyzer.faces`): "the person on the left", "the 2nd person from the left",
     "the person in the middle", "the person on the right"; one per box, in the order given.
-
-    `width` (the image's) keeps "in the middle" for a middle face that is near the middle of the
-    picture; without it the rank alone decides."""
+    The rank alone decides (not where in the picture a face is), so a consent question, a check
+    and a note always describe the same person with the same words."""
     n = len(boxes)
     order = sorted(range(n), key=lambda k: (boxes[k][0], boxes[k][1]))
     out = [""] * n
     for rank, k in enumerate(order):
-        cx = (boxes[k][0] + boxes[k][2]) / 2.0
         if n == 1:
             text = "the person in the photo"
         elif rank == 0:
             text = "the person on the left"
         elif rank == n - 1:
             text = "the person on the right"
-        elif n % 2 == 1 and rank == n // 2 and (not width or width / 3 <= cx <= 2 * width / 3):
+        elif n % 2 == 1 and rank == n // 2:
             text = "the person in the middle"
         elif rank < n / 2:
             text = f"the {_ordinal(rank + 1)} person from the left"
@@ -570,21 +568,21 @@ def describe_faces(boxes: list[tuple[int, int, int, int]], width: int | None = N
     return out
 
 
-def face_labels(boxes: list[tuple[int, int, int, int]], width: int | None = None) -> list[str]:
+def face_labels(boxes: list[tuple[int, int, int, int]]) -> list[str]:
     """"face N (where)" for each box, N counted from 1, left to right: how notes, the checks a
     surface shows and consent questions name a person."""
     n = len(boxes)
     order = sorted(range(n), key=lambda k: (boxes[k][0], boxes[k][1]))
     number = {k: rank + 1 for rank, k in enumerate(order)}
-    return [f"face {number[k]} ({where})" for k, where in enumerate(describe_faces(boxes, width))]
+    return [f"face {number[k]} ({where})" for k, where in enumerate(describe_faces(boxes))]
 
 
-def describe_checks(checks: list[FaceCheck], width: int | None = None) -> str | None:
+def describe_checks(checks: list[FaceCheck]) -> str | None:
     """A plain sentence for the planner/user when a face is lost or drifts; None when all kept.
     Faces are named as everywhere a person reads them: 1-based, left to right, with where they
     are ("face 2 (the person on the right) is lost in the result")."""
     boxes = [c.box for c in checks]
-    where = describe_faces(boxes, width) if checks and all(b is not None for b in boxes) else [None] * len(checks)
+    where = describe_faces(boxes) if checks and all(b is not None for b in boxes) else [None] * len(checks)
 
     def name(c: FaceCheck, k: int, extra: str = "") -> str:
         inside = ", ".join(p for p in (where[k], extra) if p)

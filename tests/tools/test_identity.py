@@ -228,11 +228,14 @@ def test_people_are_numbered_and_described_the_same_everywhere(analyzer, group, 
     from tools.schemas import ToolResult
     from ui.chat_app import render
 
-    assert describe_faces([(0, 0, 10, 10)], 100) == ["the person in the photo"]
-    assert describe_faces([(60, 0, 70, 10), (0, 0, 10, 10)], 100) == ["the person on the right",
+    assert describe_faces([(0, 0, 10, 10)]) == ["the person in the photo"]
+    assert describe_faces([(60, 0, 70, 10), (0, 0, 10, 10)]) == ["the person on the right",
                                                                       "the person on the left"]
-    assert describe_faces([(0, 0, 9, 9), (45, 0, 55, 9), (90, 0, 99, 9)], 100)[1] == "the person in the middle"
-    where = describe_faces([f.box for f in group_faces], group.width)
+    assert describe_faces([(0, 0, 9, 9), (45, 0, 55, 9), (90, 0, 99, 9)])[1] == "the person in the middle"
+    # the rank decides, not the place: an off-centre middle face is still "in the middle", as in
+    # every other place that names it
+    assert describe_faces([(0, 0, 9, 9), (10, 0, 19, 9), (90, 0, 99, 9)])[1] == "the person in the middle"
+    where = describe_faces([f.box for f in group_faces])
     assert where == ["the person on the left", "the 2nd person from the left", "the 3rd person from the left",
                      "the 3rd person from the right", "the 2nd person from the right", "the person on the right"]
     portrait = Image.open(face_photos["portrait"]).convert("RGB")

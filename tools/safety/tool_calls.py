@@ -173,7 +173,7 @@ def person_faces(store, keys: list[str], analyzer=None) -> list[dict[str, Any]]:
             try:
                 image = store.open(root)
                 boxes = [tuple(int(v) for v in f.box) for f in analyzer.faces(image)]
-                found[root] = (face_labels(boxes, image.width), boxes)
+                found[root] = (face_labels(boxes), boxes)
             except Exception:  # noqa: BLE001 - no analyser or no boxes: the number alone
                 found[root] = None
         i = int(index)
