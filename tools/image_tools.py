@@ -119,8 +119,9 @@ def _call(name: str, args: ToolArgs, **filled: Any) -> dict[str, Any]:
     return {"name": name, "args": payload}
 
 
-def _new_seed() -> int:
-    return secrets.randbelow(2**31)
+def _new_seed(ctx: ToolContext) -> int:
+    """The profile's fixed seed (`engine.seed`: a chat's Seed setting), else a new random one."""
+    return ctx.engine.seed if ctx.engine.seed is not None else secrets.randbelow(2**31)
 
 
 def _engine_meta(ctx: ToolContext, steps: int, seed: int, size: tuple[int, int]) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def _engine_meta(ctx: ToolContext, steps: int, seed: int, size: tuple[int, int])
 def generate_image(ctx: ToolContext, args: GenerateImage) -> ToolOutcome:
     engine = ctx.get_engine()
     width, height = engine.native_size(args.aspect_ratio)
-    seed = args.seed if args.seed is not None else _new_seed()
+    seed = args.seed if args.seed is not None else _new_seed(ctx)
     images = engine.generate(args.prompt, width=width, height=height, seed=seed, negative_prompt=args.negative_prompt,
                              count=args.count, progress=ctx.progress)
     seeds = [seed + i for i in range(len(images))]
@@ -281,7 +282,7 @@ def edit_image(ctx: ToolContext, args: EditImage) -> ToolOutcome:
                            progress=ctx.progress, negative_prompt=clauses["negative"], few_step=few_step)
 
     align = _resize_to(source.size)
-    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(), check_identity=True,
+    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=True,
                                 gate=args.preserve_identity)
     figures, drift_note = _drift_control(source, attempt, paste_back=True)
     return _stage_edit(ctx, "edit_image", args, attempt, attempts, args.image, [args.image, *args.references],
@@ -327,7 +328,7 @@ def relight_image(ctx: ToolContext, args: RelightImage) -> ToolOutcome:
                            negative_prompt=load_prompts("relight")["negative"], adapters=adapters, few_step=few_step)
 
     align = _resize_to(source.size)
-    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(), check_identity=True)
+    attempt, attempts = _gated(ctx, render, source, align, seed=_new_seed(ctx), check_identity=True)
     # Light changes everywhere: only the geometry is corrected (no paste-back); outside_change is
     # the residual geometric change once a smooth change of light is taken out.
     figures, drift_note = _drift_control(source, attempt, paste_back=False)
@@ -426,7 +427,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
         def align(image: Image.Image) -> Image.Image:
             return image.crop(content).resize(reference.size, Image.LANCZOS)
 
-        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(), check_identity=True)
+        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
         raw = raws[attempt.seed]
         # Drift: how much the model moved or changed inside the area it was asked to keep.
         figures = drift.measure(padded, raw, keep).figures()
@@ -438,7 +439,7 @@ def reframe_image(ctx: ToolContext, args: ReframeImage) -> ToolOutcome:
                                adapters=adapters, few_step=few_step)
 
         align = _resize_to(reference.size)
-        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(), check_identity=True)
+        attempt, attempts = _gated(ctx, render, reference, align, seed=_new_seed(ctx), check_identity=True)
         figures = drift.measure(reference, align(attempt.image), outside=False).figures()  # framing moved on purpose
     extra["instruction"] = instruction or t["outpaint"]
     return _stage_edit(ctx, "reframe_image", args, attempt, attempts, args.image, [args.image], figures, extra)

@@ -66,7 +66,10 @@ class EngineSettings(BaseModel):
     loras: list[LoraSpec] = Field(default_factory=list)
     cpu_offload: bool = False
     compile: bool = False
-    seed_base: int = 0
+    seed_base: int = 0  # seeds how the random-weight test models are built (not the pictures)
+    # The seed of every picture whose call names none (a chat's Seed setting): the same seed and
+    # request give the same image. None: a new random seed each time.
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 # Same person below these embedding distances, one operating point per backend: each measures its

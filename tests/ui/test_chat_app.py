@@ -254,12 +254,12 @@ def test_upload_problems_are_one_readable_line():
 
 def test_settings_become_overrides_only_when_changed():
     tiny = load_profile("tiny", environ={})
-    untouched = {render.SETTING_STEPS: tiny.engine.steps, render.SETTING_SEED: tiny.engine.seed_base,
+    untouched = {render.SETTING_STEPS: tiny.engine.steps, render.SETTING_SEED: 0,
                  render.SETTING_IDENTITY: tiny.identity.max_distance}
     assert render.settings_overrides(untouched, tiny) == {}
     changed = {render.SETTING_STEPS: 6, render.SETTING_SEED: 1234.0, render.SETTING_IDENTITY: 0.45}
     assert render.settings_overrides(changed, tiny) == {
-        "engine": {"steps": 6, "seed_base": 1234}, "identity": {"max_distance": 0.45},
+        "engine": {"steps": 6, "seed": 1234}, "identity": {"max_distance": 0.45},
     }
     merged = render.merge_overrides({"engine": {"steps": 2, "device": "cpu"}}, {"engine": {"steps": 6}})
     assert merged == {"engine": {"steps": 6, "device": "cpu"}}
@@ -363,3 +363,28 @@ def test_a_stored_thread_gives_back_each_result_with_what_its_buttons_need():
     assert (back.kind, back.ref) == ("back", "img_aaaaaaaaaaaa")
     assert found[1][2] == [] and found[2][2] == []
     assert found[1][3] == [("img_eeeeeeeeeeee", 3), ("img_cccccccccccc", 4)] and found[2][3] == []
+
+
+def test_the_seed_setting_fixes_the_seed_of_every_picture(tmp_path):
+    """The gear's Seed is the pictures' seed (engine.seed), not the test models' build seed: the
+    same seed and request give the same image; 0 (the default) draws a new seed each time."""
+    import numpy as np
+    from PIL import Image
+
+    from agent import Atelier
+
+    fixed = Atelier(profile=load_profile("tiny", render.merge_overrides(
+        {"store": {"root": str(tmp_path / "a")}}, render.settings_overrides({render.SETTING_SEED: 77}, load_profile("tiny", environ={}))),
+        environ={}))
+    session = fixed.session("t-seed")
+    one, two = (session.call_tool("generate_image", {"prompt": "a red kite"}) for _ in range(2))
+    assert one.tool_calls[0].result.seeds == two.tool_calls[0].result.seeds == [77]
+    a, b = (np.asarray(Image.open(r.images[0].path).convert("RGB"), dtype=float) for r in (one, two))
+    assert np.abs(a - b).mean() < 3  # the same picture (only the two watermarks differ)
+    fixed.close()
+
+    free = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path / "b")}}, environ={}))
+    session = free.session("t-seed")
+    seeds = {session.call_tool("generate_image", {"prompt": "a red kite"}).tool_calls[0].result.seeds[0] for _ in range(2)}
+    assert len(seeds) == 2
+    free.close()

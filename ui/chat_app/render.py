@@ -168,9 +168,9 @@ def settings_overrides(values: dict[str, Any], profile) -> dict[str, Any]:
     steps = values.get(SETTING_STEPS)
     if steps not in (None, "") and int(steps) != profile.engine.steps:
         out.setdefault("engine", {})["steps"] = max(1, int(steps))
-    seed = values.get(SETTING_SEED)
-    if seed not in (None, "") and int(float(seed)) != profile.engine.seed_base:
-        out.setdefault("engine", {})["seed_base"] = max(0, int(float(seed)))
+    seed = values.get(SETTING_SEED)  # 0: a new random seed for every picture (the profile's default)
+    if seed not in (None, "") and int(float(seed)) != (profile.engine.seed or 0):
+        out.setdefault("engine", {})["seed"] = max(0, int(float(seed))) or None
     distance = values.get(SETTING_IDENTITY)
     if distance not in (None, "") and abs(float(distance) - profile.identity.max_distance) > 1e-9:
         out.setdefault("identity", {})["max_distance"] = float(distance)
