@@ -370,7 +370,16 @@ class Session:
     def stream(self, text: str, images: list[ImageInput] | None = None) -> Iterator[TurnEvent]:
         """Run a turn, yielding events. Rate limits, uploads and slash commands are checked
         before the first event (they raise)."""
-        return self._run(self._turn_input(text, images))
+        return self._run(self._prepared(text, images))
+
+    def _prepared(self, text: str, images: list[ImageInput] | None) -> dict[str, Any]:
+        """The turn's input; a request that fails before it runs drops a pending `branch_from`,
+        so it never carries over to a later, ordinary turn."""
+        try:
+            return self._turn_input(text, images)
+        except BaseException:
+            self._fork = None
+            raise
 
     def send(self, text: str, images: list[ImageInput] | None = None) -> TurnResult:
         return _last_result(self.stream(text, images))
@@ -399,13 +408,14 @@ class Session:
         return _last_result(self.stream_resume(approved))
 
     def stream_resume(self, approved: bool) -> Iterator[TurnEvent]:
+        self._fork = None  # an answer to a question continues the turn it asked in
         if self.pending_consent is None:
             raise AtelierError("there is no question waiting for an answer in this session")
         return self._run(Command(resume=bool(approved)))
 
     # -- async ------------------------------------------------------------------------------
     def astream(self, text: str, images: list[ImageInput] | None = None) -> AsyncIterator[TurnEvent]:
-        inp = self._turn_input(text, images)  # raises before any event, like stream()
+        inp = self._prepared(text, images)  # raises before any event, like stream()
         return self._aiterate(lambda: self._run(inp))
 
     async def asend(self, text: str, images: list[ImageInput] | None = None) -> TurnResult:
@@ -415,6 +425,7 @@ class Session:
         return await asyncio.to_thread(self.resume, approved)
 
     def astream_resume(self, approved: bool) -> AsyncIterator[TurnEvent]:
+        self._fork = None
         if self.pending_consent is None:
             raise AtelierError("there is no question waiting for an answer in this session")
         return self._aiterate(lambda: self._run(Command(resume=bool(approved))))
@@ -549,9 +560,10 @@ class Session:
             failure: TurnError | None = None
             before = self._checkpoint_id()
             config = self._config
-            if self._fork is not None and not isinstance(inp, Command):
-                config = {**self._config, "configurable": dict(self._fork["configurable"])}  # a new branch
-                self._fork = None
+            if not isinstance(inp, Command):  # (declining an open question first keeps the branch point)
+                fork, self._fork = self._fork, None  # used by this turn only, whatever happens to it
+                if fork is not None:
+                    config = {**self._config, "configurable": dict(fork["configurable"])}  # a new branch
             try:
                 for mode, chunk in graph.stream(inp, config, context=ctx,
                                                 stream_mode=["custom", "updates"]):

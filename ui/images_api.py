@@ -135,7 +135,8 @@ class ImagesEndpoint:
         # one thread per request: Images API calls are independent, and concurrent ones never wait
         # on each other's thread lock (the rate limit still counts per user)
         thread = f"images-{uuid.uuid4().hex[:20]}"
-        session, _lock = self.adapter.session(thread, user, self.adapter.rate_key_for(request))
+        # not the chat adapter's session cache: one-off threads would push chats' sessions out of it
+        session = self.adapter.atelier.session(thread, user_id=user, rate_key=self.adapter.rate_key_for(request))
         return session, user
 
     async def _call(self, session, name: str, args: dict[str, Any]):
@@ -197,6 +198,10 @@ class ImagesEndpoint:
         limit = self.adapter.atelier.profile.limits.max_images_per_turn
         if len(images) > limit:
             raise _bad(f"{len(images)} images in one edit; the limit is {limit}", param="image", code="too_many_images")
+        try:  # every argument is checked before anything is stored
+            ratio = aspect_ratio_for(body.size) if body.size not in (None, "auto") else None
+        except ValueError as err:
+            raise _bad(str(err), param="size") from None
         session, user = self._session(request, body.user)
         refs = []
         for data, filename in images:
@@ -207,10 +212,6 @@ class ImagesEndpoint:
 
                 raise api_error_from(err) from None
             refs.append(version.ref)
-        try:
-            ratio = aspect_ratio_for(body.size) if body.size not in (None, "auto") else None
-        except ValueError as err:
-            raise _bad(str(err), param="size") from None
         args: dict[str, Any] = {"image": refs[0], "instruction": body.prompt}
         if refs[1:]:
             args["references"] = refs[1:]
@@ -267,6 +268,8 @@ class ImagesEndpoint:
                 given = raw.pop("image", None)
             if isinstance(given, (str, dict)):
                 given = [given]
+            if given is not None and not isinstance(given, list):
+                raise _bad("images must be a data URL, {\"image_url\": \"data:...\"}, or a list of them", param="images")
             images = []
             for item in given or []:
                 url = item.get("image_url") if isinstance(item, dict) else item

@@ -187,3 +187,19 @@ def test_branch_from_reruns_a_turn_from_where_the_chat_stood(make_app):
 
     session.branch_from(5)  # past the end: nothing to go back over, the next turn appends
     assert session.send("/adjust saturation=1.1").images and len(session.user_turns()) == 2
+
+
+def test_a_branch_point_never_outlives_the_request_that_set_it(make_app):
+    """A request that fails before its turn runs (too long, rate limited...) drops its branch
+    point: the next ordinary message appends to the conversation, it does not rewind it."""
+    from tools.errors import PromptTooLongError
+
+    app = make_app()
+    session = app.session("t-stale-branch")
+    session.send("a red fox in the snow")
+    session.send("/adjust exposure=+1")
+    session.branch_from(1)
+    with pytest.raises(PromptTooLongError):
+        session.send("x" * 100_000)
+    session.send("/adjust saturation=1.2")
+    assert session.user_turns() == ["a red fox in the snow", "/adjust exposure=+1", "/adjust saturation=1.2"]

@@ -84,3 +84,15 @@ def test_the_code_corrects_what_the_channel_flips():
     assert lattice._check(lattice.viterbi(noisy[None])[0], lattice.PUBLIC_KEY) == WM_ID
     words = lattice.viterbi(rng.normal(size=(200, lattice.CODED)))
     assert all(lattice._check(w, lattice.PUBLIC_KEY) is None for w in words)
+
+
+def test_a_very_thin_image_is_read_within_a_bounded_working_size():
+    """The reader scales the short side to WORK px, but never past WORK_PIXELS in all: an 8 x 4096
+    strip would otherwise be read at 768 x 393,216 px (gigabytes)."""
+    from PIL import Image
+
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 4096, 3), dtype=np.uint8))
+    assert lattice._whitened(strip).size <= lattice.WORK_PIXELS * 1.01
+    marked = lattice.embed(strip, WM_ID)  # completes; a strip this thin is not expected to read back
+    assert marked.size == strip.size
+    assert lattice._whitened(np.zeros((600, 400, 3), np.uint8)).shape == (1152, 768)  # ordinary images as before

@@ -178,3 +178,15 @@ def test_remote_engine_that_is_down_is_one_line(tmp_path):
     with pytest.raises(EngineError):
         get_engine(front.profile.engine).generate("a cat", width=64, height=64, seed=1)
     front.close()
+
+
+def test_a_json_edit_with_a_wrong_images_value_or_size_stores_nothing(server):
+    before = len(server.atelier.store.all_versions())
+    for body in ({"prompt": "x", "images": True}, {"prompt": "x", "image": 123}):
+        raw = httpx.post(server.base + "/v1/images/edits", json=body, timeout=60)
+        assert raw.status_code == 400 and raw.json()["error"]["param"] == "images"
+    data_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
+    raw = httpx.post(server.base + "/v1/images/edits", timeout=60,
+                     json={"prompt": "x", "size": "abc", "images": [{"image_url": data_url}]})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "size"
+    assert len(server.atelier.store.all_versions()) == before  # checked before the upload was stored

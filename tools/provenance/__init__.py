@@ -203,9 +203,12 @@ def detect_lattice(image: Image.Image, registry: WatermarkRegistry | None = None
     from tools.provenance import lattice
 
     found = {}
-    for key in dict.fromkeys(keys):
+    tried = list(dict.fromkeys(keys))
+    bound = lattice.false_positive_bound() * len(tried)  # every key is as many more guesses
+    for key in tried:
         found = lattice.detect(image, key=key)
-        found["threshold_bits"] = f"CRC-32 of the id matches (FPR bound {lattice.false_positive_bound():.1e})"
+        found["false_positive_bound"] = bound
+        found["threshold_bits"] = f"CRC-32 of the id matches (FPR bound {bound:.1e})"
         found["key"] = "private" if key else "public"
         if found["detected"]:
             found["registered"] = bool(registry is not None and found["id"] in registry)

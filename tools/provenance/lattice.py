@@ -56,6 +56,7 @@ PS = SC * CPX  # canonical sync tile side
 SYNC_SHARE = 0.3  # of the pattern's energy
 TARGET_PSNR = 38.3  # dB, after rounding and clipping
 WORK = 768  # short side the reader works at
+WORK_PIXELS = 4 * WORK * WORK  # at most this many working pixels (a very thin image gets a shorter short side)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 ORIENTATIONS = 8
 MAX_CANDIDATES = 4  # lattice candidates decoded
@@ -274,7 +275,7 @@ def _whitened(image) -> np.ndarray:
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     y = rgb[..., :3] @ LUMA
     h, w = y.shape
-    s = WORK / min(h, w)
+    s = min(WORK / min(h, w), math.sqrt(WORK_PIXELS / (h * w)))
     y = cv2.resize(y, (max(8, round(w * s)), max(8, round(h * s))),
                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     r = y - cv2.GaussianBlur(y, (0, 0), 6)
