@@ -36,6 +36,7 @@ from starlette.datastructures import UploadFile
 
 from tools.errors import AtelierError
 from tools.schemas import ASPECT_RATIOS, describe_validation_error
+from ui.http_api import ApiError, api_error_from, failed_turn  # (http_api adds these routes in create_app)
 
 MAX_N = 4
 
@@ -86,16 +87,12 @@ def aspect_ratio_for(size: str | None, source: tuple[int, int] | None = None) ->
 
 
 def _bad(message: str, *, param: str | None = None, code: str | None = None):
-    from ui.http_api import ApiError
-
     return ApiError(400, message, param=param, code=code)
 
 
 def _check_request(adapter, body) -> None:
     if body.model is not None and body.model not in (adapter.model_id, adapter.atelier.profile.name):
-        from ui.http_api import ApiError
-
-        raise ApiError(404, f"model {body.model!r} does not exist; this server serves {adapter.model_id!r}",
+            raise ApiError(404, f"model {body.model!r} does not exist; this server serves {adapter.model_id!r}",
                        type="not_found_error", code="model_not_found", param="model")
     if body.stream:
         raise _bad("stream is not supported for images here; ask without it", param="stream")
@@ -106,8 +103,6 @@ def _check_request(adapter, body) -> None:
 
 def _outcome(result, what: str) -> None:
     """Raise the API error of a tool call that made nothing."""
-    from ui.http_api import ApiError, failed_turn
-
     failed = failed_turn(result)
     if failed is not None:
         raise failed
@@ -130,7 +125,7 @@ class ImagesEndpoint:
     def __init__(self, adapter):
         self.adapter = adapter
 
-    def _session(self, request: Request, user_field: str | None):
+    def _session(self, request: Request):
         user = self.adapter.user_for(request)
         # one thread per request: Images API calls are independent, and concurrent ones never wait
         # on each other's thread lock (the rate limit still counts per user)
@@ -143,8 +138,6 @@ class ImagesEndpoint:
         try:
             result = await asyncio.to_thread(session.call_tool, name, args)
         except AtelierError as err:
-            from ui.http_api import api_error_from
-
             raise api_error_from(err) from None
         if result.consent is not None:  # nothing may stay pending on a thread nobody will answer
             await asyncio.to_thread(session.resume, False)
@@ -178,7 +171,7 @@ class ImagesEndpoint:
             args["seed"] = body.seed
         if body.negative_prompt:
             args["negative_prompt"] = body.negative_prompt
-        session, user = self._session(request, body.user)
+        session, user = self._session(request)
         result = await self._call(session, "generate_image", args)
         _outcome(result, "generate_image")
         return await self._response([result], body.response_format, request, user)
@@ -202,15 +195,13 @@ class ImagesEndpoint:
             ratio = aspect_ratio_for(body.size) if body.size not in (None, "auto") else None
         except ValueError as err:
             raise _bad(str(err), param="size") from None
-        session, user = self._session(request, body.user)
+        session, user = self._session(request)
         refs = []
         for data, filename in images:
             try:
                 version = await asyncio.to_thread(lambda d=data, f=filename: session.upload(d, filename=f))
             except AtelierError as err:
-                from ui.http_api import api_error_from
-
-                raise api_error_from(err) from None
+                    raise api_error_from(err) from None
             refs.append(version.ref)
         args: dict[str, Any] = {"image": refs[0], "instruction": body.prompt}
         if refs[1:]:
@@ -251,7 +242,7 @@ class ImagesEndpoint:
                     else:
                         raise _bad(f"unexpected file field {key!r} (use image, image[] or mask)", param=key)
                 elif key in ("image", "image[]", "images", "images[]"):
-                    images.append((await self._image_value(value, len(images) + 1), None))
+                    images.append((await self.adapter.image_bytes(value, index=len(images) + 1), None))
                 else:
                     fields[key] = value
             return fields, images, mask
@@ -277,13 +268,11 @@ class ImagesEndpoint:
                     url = url.get("url")
                 if not isinstance(url, str):
                     raise _bad("each image must be a data URL, or {\"image_url\": \"data:...\"}", param="images")
-                images.append((await self._image_value(url, len(images) + 1), None))
+                images.append((await self.adapter.image_bytes(url, index=len(images) + 1), None))
             mask = raw.pop("mask", None)
             return raw, images, mask
         raise _bad(f"content type {kind!r} is not supported for edits (use multipart/form-data or application/json)")
 
-    async def _image_value(self, value: str, index: int) -> bytes:
-        return await self.adapter.image_bytes(value, index=index)
 
 
 def add_images_routes(app: FastAPI, adapter) -> None:
