@@ -16,10 +16,17 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 # Installs the project (editable) with the offline planner, the face analyser and the test tools.
 # torch is pinned in pyproject.toml (a CPU wheel; an unpinned torch would pull GBs of CUDA).
+# Then the mcp 2.x SDK, in a second step: `atelier mcp` is built on it (protocol 2026-07-28 and
+# 2025-11-25), but Chainlit 2.12, its newest release, declares mcp<2, so pyproject.toml cannot name
+# mcp (no resolver could satisfy both). Chainlit imports only `mcp.ClientSession`, which 2.x keeps
+# (its own MCP-client feature, unused by Atelier, needs 1.x). pip prints a dependency conflict
+# ("chainlit ... requires mcp<2"): expected. A plain `pip install -e .` later may bring 1.x back;
+# `atelier mcp` then says in one line what to install.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q "mcp>=2.3,<3"
 	touch $@
 
 install: $(BIN)/.installed

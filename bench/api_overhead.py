@@ -100,7 +100,7 @@ def main() -> int:
     print(f"chat.completions (stream, total)    {_median_ms(streamed)}")
     print(f"chat.completions (stream, 1st chunk) {_median_ms(first_chunk)}")
     print(f"MCP generate_image over stdio       {_median_ms(mcp_calls)}")
-    print(f"MCP server start + initialize       {mcp_start:8.2f} s (a fresh process builds its engines lazily)")
+    print(f"MCP server start + discover         {mcp_start:8.2f} s (a fresh process builds its engines lazily)")
     base = statistics.median(direct)
     print(f"overhead vs direct: http {1000 * (statistics.median(http) - base):+.1f} ms, "
           f"stream {1000 * (statistics.median(streamed) - base):+.1f} ms, "
@@ -109,16 +109,14 @@ def main() -> int:
 
 
 async def _mcp(profile: str, root: str, turns: int) -> tuple[list[float], float]:
-    from mcp import ClientSession, StdioServerParameters
-    from mcp.client.stdio import stdio_client
+    from mcp import Client, StdioServerParameters
 
     params = StdioServerParameters(command=sys.executable,
                                    args=["-m", "ui.cli", "mcp", "--profile", profile, "--set", f"store.root={root}",
                                          "--set", "limits.per_user=100000/minute"],
                                    env={**os.environ, "ATELIER_HOME": root})
     t0 = time.perf_counter()
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
-        await client.initialize()
+    async with Client(params) as client:  # 2026-07-28, found through server/discover
         start = time.perf_counter() - t0
         await client.call_tool("generate_image", {"prompt": "warm-up"})  # builds the engine in that process
         calls = []
@@ -126,7 +124,7 @@ async def _mcp(profile: str, root: str, turns: int) -> tuple[list[float], float]
             t0 = time.perf_counter()
             result = await client.call_tool("generate_image", {"prompt": f"a lighthouse, mcp {i}"})
             calls.append(time.perf_counter() - t0)
-            assert not result.isError, result.content
+            assert not result.is_error, result.content
     return calls, start
 
 

@@ -90,7 +90,8 @@ class GenerateImage(ToolArgs):
 
     prompt: str = Field(min_length=1, max_length=2000, description="What to draw, in detail")
     aspect_ratio: AspectRatio = Field(
-        "1:1", description="width:height; 9:16 tall (phone wallpaper, story, reel), 16:9 wide (banner, desktop)"
+        "1:1", description="width:height: 1:1 square; 9:16 tall (phone wallpaper, story, reel), 2:3 or 3:4 portrait; "
+        "16:9 wide (banner, desktop), 3:2 or 4:3 landscape"
     )
     count: int = Field(1, ge=1, le=4, description="How many variations (1-4)")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for reproducibility")
@@ -138,7 +139,8 @@ class ReframeImage(ToolArgs):
 
     image: ImageRef
     aspect_ratio: AspectRatio | None = Field(
-        None, description="width:height; landscape is wider than tall (16:9, 3:2, 4:3), portrait taller (9:16, 2:3, 3:4)"
+        None, description="width:height: 1:1 square; landscape is wider than tall (16:9, 3:2, 4:3), portrait taller "
+        "(9:16, 2:3, 3:4)"
     )
     zoom: float | None = Field(None, ge=0.5, le=3.0, description="< 1 zooms out and outpaints, > 1 zooms in")
     camera_azimuth: Annotated[float | None, _signed_degrees(("left",), ("right",))] = Field(

@@ -142,7 +142,7 @@ async def test_mcp_shows_a_busy_thread_in_one_line(tmp_path):
     holder = other.acquire(session.key)
     try:
         result = await mcp._runner("generate_image")(None, prompt="a fox")
-        assert result.isError and len(result.content) == 1
+        assert result.is_error and len(result.content) == 1
         assert result.content[0].text == "this chat is busy with another request; try again when it finishes"
     finally:
         other.release(session.key, holder)

@@ -211,14 +211,14 @@ def mcp_url(world):
         yield f"http://127.0.0.1:{port}/mcp"
 
 
-async def _mcp_call(url: str, key: str | None, tool: str, args: dict):
-    from mcp import ClientSession
+async def _mcp_call(url: str, key: str | None, tool: str, args: dict, mode: str = "2026-07-28"):
+    import httpx2
+    from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(headers=headers, timeout=300) as http, \
-            streamable_http_client(url, http_client=http) as (read, write, _), ClientSession(read, write) as client:
-        await client.initialize()
+    async with httpx2.AsyncClient(headers=headers, timeout=300) as http, \
+            Client(streamable_http_client(url, http_client=http), mode=mode) as client:
         return await client.call_tool(tool, args)
 
 
@@ -236,22 +236,23 @@ async def test_mcp_needs_a_key(mcp_url):
     ("adjust_image", {"image": "{ref}", "exposure_ev": 1.0}),
     ("revert", {"image": "{ref}"}),
 ])
-async def test_mcp_answers_another_users_ref_like_an_unknown_one(world, mcp_url, tool, args):
+@pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])  # legacy: 2025-11-25
+async def test_mcp_answers_another_users_ref_like_an_unknown_one(world, mcp_url, tool, args, mode):
     def fill(ref):
         return {k: (v.format(ref=ref) if isinstance(v, str) else v) for k, v in args.items()}
 
-    other = await _mcp_call(mcp_url, KEY_BOB, tool, fill(world.alice_made))
-    unknown = await _mcp_call(mcp_url, KEY_BOB, tool, fill(UNKNOWN))
-    assert other.isError and unknown.isError
+    other = await _mcp_call(mcp_url, KEY_BOB, tool, fill(world.alice_made), mode)
+    unknown = await _mcp_call(mcp_url, KEY_BOB, tool, fill(UNKNOWN), mode)
+    assert other.is_error and unknown.is_error
     assert other.content[0].text.replace(world.alice_made, "REF") == unknown.content[0].text.replace(UNKNOWN, "REF")
-    own = await _mcp_call(mcp_url, KEY_ALICE, "verify", {"image": world.alice_made})
-    assert not own.isError and json.loads(own.content[0].text)["watermark"]["detected"] is True
+    own = await _mcp_call(mcp_url, KEY_ALICE, "verify", {"image": world.alice_made}, mode)
+    assert not own.is_error and json.loads(own.content[0].text)["watermark"]["detected"] is True
 
 
 async def test_mcp_upload_goes_through_the_session_upload_path(world, mcp_url):
     photo = base64.b64encode(_png((200, 10, 10))).decode()
     made = await _mcp_call(mcp_url, KEY_BOB, "upload_image", {"data": photo, "filename": "mine.png"})
-    assert not made.isError, made.content
+    assert not made.is_error, made.content
     ref = json.loads(made.content[0].text)["image"]
     assert world.atelier.images_for("bob").get(ref).owner == "bob"
     with pytest.raises(UnknownRefError):

@@ -27,20 +27,27 @@ def register(sub) -> None:
         help="HTTP only: YAML file mapping bearer keys to user ids (as for atelier serve; also "
         "$ATELIER_API_KEYS='key=user,...'). Each key is its own user; without keys HTTP stays on loopback.")
     p.add_argument("--thread", default=None,
-                   help="continue this Atelier thread (default: a new thread per client connection)")
+                   help="the thread of every call that names none in _meta \"atelier/thread\" (default: a new "
+                   "thread per 2025-11-25 HTTP session, else one per user while the server runs)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    try:
+        from ui.mcp_server import build_server  # first: it checks the SDK before anything heavy loads
+    except ImportError as err:
+        if not str(err).startswith("atelier mcp needs"):
+            raise
+        print(err, file=sys.stderr)  # an mcp 1.x (Chainlit's pin) in this environment
+        return 2
     from agent import Atelier
-    from ui.mcp_server import build_server
 
     if args.transport == "stdio":
         from ui.mcp_server import protect_stdout
 
         protect_stdout()  # before anything can print: stdout carries only MCP messages
     profile = load_profile_from_args(args)
-    settings = {"log_level": "WARNING"}
+    settings: dict = {"log_level": "WARNING"}
     keys: dict[str, str] = {}
     if args.transport == "http":
         from ui.http_api import load_api_keys
@@ -53,5 +60,5 @@ def run(args) -> int:
             return 2
     server = build_server(Atelier(profile=profile), user_id=args.user, thread_id=args.thread, api_keys=keys,
                           **settings)
-    server.run("streamable-http" if args.transport == "http" else "stdio")
+    server.run(args.transport)
     return 0
