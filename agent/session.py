@@ -35,7 +35,6 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from langgraph.types import Command
 from pydantic import BaseModel, Field
@@ -48,7 +47,8 @@ from agent.turn import (ConsentEvent, ConsentQuestion, DoneEvent, ErrorEvent, Ev
                         TurnError, TurnEvent, TurnResult, AnswerEvent, Usage, VersionEntry)
 from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
-from tools.dbfile import check_sqlite_file, sqlite_path
+from tools.dbfile import (POSTGRES_EXTRA, check_sqlite_file, connect_postgres, is_postgres, postgres_where,
+                          sqlite_path)
 from tools.errors import AtelierError, BadImageError, PromptTooLongError, RefusedError
 from tools.schemas import is_ref
 from tools.store import LOCAL_USER, ImageStore, ImageVersion, OwnedImages
@@ -70,20 +70,22 @@ ImageInput = str | bytes | os.PathLike | NamedImage
 
 
 def open_checkpointer(url: str):
-    """A LangGraph checkpointer for a sessions URL: a SQLite path, or postgres://... ."""
-    if url.startswith(("postgres://", "postgresql://")):
+    """A LangGraph checkpointer for a sessions URL: a SQLite path, or postgresql://... (a pool of
+    connections, so the threads of one server do not queue on one connection)."""
+    if is_postgres(url):
         try:
             from langgraph.checkpoint.postgres import PostgresSaver
-            from psycopg import Connection
             from psycopg.rows import dict_row
         except ImportError:
-            raise AtelierError(
-                "a Postgres sessions URL needs the postgres extra: pip install 'qwen-atelier[postgres]'"
-            ) from None
-        conn = Connection.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
-        where = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "", query="").geturl()  # no password
-        saver = guarded(PostgresSaver, where, conn)
-        saver.setup()
+            raise AtelierError(f"a Postgres sessions URL needs the postgres extra: {POSTGRES_EXTRA}") from None
+        pool = connect_postgres(url, "sessions", max_size=8, prepare_threshold=0, row_factory=dict_row)
+        saver = guarded(PostgresSaver, postgres_where(url), pool)
+        with pool.connection() as conn:  # two processes starting at once must not both migrate
+            conn.execute("SELECT pg_advisory_lock(hashtext('atelier sessions schema'))")
+            try:
+                saver.setup()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('atelier sessions schema'))")
         return saver
     from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -137,7 +139,7 @@ class Atelier:
 
             limits = self.profile.limits
             # None: a SQLite file under the data root, so every process on the root shares one quota
-            return RateLimiter(limits.per_user, limits.storage or self.profile.store.ratelimits_path())
+            return RateLimiter(limits.per_user, limits.storage or self.profile.store.ratelimits_url())
 
         return self._once("limiter", make)
 
@@ -301,13 +303,25 @@ class Session:
         return verify_bytes(data, key_dir=sealer.key_dir, registry=sealer.registry,
                             watermark_key=sealer.settings.watermark_key)
 
+    def _count_request(self) -> None:
+        """Count one request against the rate key's quota; a refusal (RateLimitedError) is written
+        to the audit log, where `atelier audit` reports it per user, before it is raised."""
+        from tools.errors import RateLimitedError
+
+        try:
+            self.app.limiter.hit(self.rate_key)
+        except RateLimitedError as err:
+            self.app.services.audit.record("rate_limited", user_id=self.user_id, thread_id=self.key,
+                                           rate_key=self.rate_key, retry_after=err.retry_after, message=str(err))
+            raise
+
     def upload(self, data: ImageInput, *, filename: str | None = None) -> ImageVersion:
         """Bring an image into this conversation without a turn (MCP `upload_image`, API uploads):
         the same checks as an upload sent with a message (rate limit, validation, the upload
         screen, the audit log). A refused image is not stored (`RefusedError`)."""
         from tools.store import decode_upload, upload_name
 
-        self.app.limiter.hit(self.rate_key)
+        self._count_request()
         if isinstance(data, NamedImage):
             data, filename = data.data, filename or data.filename
         if isinstance(data, str) and is_ref(data):
@@ -397,7 +411,7 @@ class Session:
         for key, value in (args or {}).items() if isinstance(args, dict) else ():
             if isinstance(value, str):
                 self._check_length(value, f"{name}: {key}")
-        self.app.limiter.hit(self.rate_key)
+        self._count_request()
         self._decline_pending()
         call = ToolCall(name, dict(args or {}))
         text = f"/{name} {json.dumps(call.args, ensure_ascii=False)}"
@@ -499,7 +513,7 @@ class Session:
         limit = self.app.profile.limits.max_images_per_turn
         if len(images or []) > limit:
             raise BadImageError(f"{len(images)} images in one message; the limit is {limit}")
-        self.app.limiter.hit(self.rate_key)
+        self._count_request()
         refs = [self._ingest(item) for item in images or []]
         self._decline_pending()
         if is_slash(text):

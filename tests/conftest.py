@@ -91,3 +91,48 @@ def _paste_face(picture, box, portrait, portrait_box):
 @pytest.fixture(scope="session")
 def paste_face():
     return _paste_face
+
+
+# -- PostgreSQL (the store tests run on it as well as on SQLite; see tests/postgres_server.py) -----
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server for the whole run (a role that may create databases)."""
+    from postgres_server import throwaway_server
+
+    url = os.environ.get("ATELIER_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    required = os.environ.get("ATELIER_REQUIRE_POSTGRES") == "1"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if required:
+            pytest.fail("ATELIER_REQUIRE_POSTGRES=1 but psycopg is not installed (the postgres extra)")
+        pytest.skip("psycopg is not installed (pip install 'qwen-atelier[postgres]')")
+    with throwaway_server() as started:
+        if started is None:
+            if required:
+                pytest.fail("ATELIER_REQUIRE_POSTGRES=1 but no PostgreSQL server: set ATELIER_TEST_POSTGRES_URL "
+                            "or install Debian's postgresql (`make postgres`)")
+            pytest.skip("no PostgreSQL here (set ATELIER_TEST_POSTGRES_URL or install postgresql)")
+        yield started
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the test server for this test (dropped afterwards)."""
+    from postgres_server import fresh_database
+
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """A database URL maker for the store tests, once on SQLite files and once on PostgreSQL:
+    `database("audit")` is a file under tmp_path (SQLite) or the one fresh Postgres database."""
+    if request.param == "sqlite":
+        return lambda name: str(tmp_path / f"{name}.sqlite")
+    url = request.getfixturevalue("postgres_url")
+    return lambda name: url

@@ -98,3 +98,47 @@ def connect_wal(path: str | Path, *, timeout: float = 10.0, **kwargs) -> sqlite3
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+# -- PostgreSQL (the scale-out option: `store.url: postgresql://...`) ------------------------------
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_EXTRA = "pip install 'qwen-atelier[postgres]'"
+
+
+def is_postgres(url: str | Path | None) -> bool:
+    return str(url or "").startswith(POSTGRES_SCHEMES)
+
+
+def postgres_where(url: str) -> str:
+    """A Postgres URL without its password or query, for messages and logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url))
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return parts._replace(netloc=netloc, query="").geturl()
+
+
+def connect_postgres(url: str, what: str, *, max_size: int = 4, **kwargs):
+    """A pool of psycopg connections (autocommit) to the database at `url`, for the `what` store:
+    `with pool.connection() as conn: ...`. Each connection is checked when it is taken, so a
+    server restart or a dropped connection costs one reconnect, not every later request.
+
+    Without the `postgres` extra, or when the server cannot be reached, one line that says so
+    (DatabaseFileError, the same error a broken SQLite file gives), never the driver's traceback."""
+    try:
+        import psycopg
+        from psycopg_pool import ConnectionPool
+    except ImportError:
+        raise DatabaseFileError(f"a Postgres {what} database needs the postgres extra: {POSTGRES_EXTRA}") from None
+    kwargs.setdefault("autocommit", True)
+    try:  # one direct attempt first: a wrong host or password is one line now, not a pool retrying
+        psycopg.connect(str(url), connect_timeout=10, **kwargs).close()
+    except psycopg.Error as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise DatabaseFileError(
+            f"cannot open the Atelier {what} database {postgres_where(url)} ({reason}); "
+            "check store.url and that the server is running — nothing was changed") from None
+    return ConnectionPool(str(url), min_size=1, max_size=max_size, open=True, kwargs=kwargs,
+                          check=ConnectionPool.check_connection, name=f"atelier-{what}")

@@ -153,8 +153,9 @@ class ProvenanceSettings(BaseModel):
 
 class LimitSettings(BaseModel):
     per_user: str = "30/minute;500/day"  # `limits` library notation; per key (user, or client address)
-    # Where the counts live. None: <store root>/ratelimits.sqlite, shared by every process on the
-    # data root; any `limits` storage URL (redis://..., memcached://...) to share them across machines.
+    # Where the counts live. None: the database of `store.url` when it is Postgres, else
+    # <store root>/ratelimits.sqlite (shared by every process on the data root); any `limits`
+    # storage URL (postgresql://..., redis://..., memcached://...) to share them across machines.
     storage: str | None = None
     # One writer per conversation, across processes: a turn holds a lease on its thread in the
     # sessions database, renewed while it runs; a lease not renewed for `thread_lease_s` (a crashed
@@ -195,18 +196,42 @@ class LimitSettings(BaseModel):
 class StoreSettings(BaseModel):
     root: str = Field(default_factory=default_data_root)  # data dir (local path)
     images: str | None = None  # fsspec URL or path; None: <root>/images
-    sessions: str | None = None  # sqlite path or postgres URL; None: <root>/sessions.sqlite
-    audit: str | None = None  # sqlite path or postgres URL; None: <root>/audit.sqlite
+    # One database for everything that keeps rows: a `postgresql://user:password@host/db` URL puts
+    # sessions (checkpoints and thread leases), the audit log, rate limits and the chat app's
+    # threads in that PostgreSQL database, so several Atelier processes (machines) behind a load
+    # balancer share them. None: a SQLite file per store under `root`. The fields below override it.
+    url: str | None = None
+    sessions: str | None = None  # sqlite path or postgres URL; None: `url`, else <root>/sessions.sqlite
+    audit: str | None = None  # sqlite path or postgres URL; None: `url`, else <root>/audit.sqlite
+    threads: str | None = None  # the chat app's threads; None: `url`, else <root>/ui/threads.sqlite
+    # the chat app's element files (the pictures of stored threads): a path or any fsspec URL that
+    # every chat-app process reaches; None: <root>/ui/files
+    files: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store.url is a PostgreSQL URL (postgresql://user:password@host:port/database); "
+                             "leave it unset for SQLite files under store.root")
+        return value
 
     def images_url(self) -> str:
         return self.images or str(Path(self.root) / "images")
 
     def sessions_url(self) -> str:
-        return self.sessions or str(Path(self.root) / "sessions.sqlite")
+        return self.sessions or self.url or str(Path(self.root) / "sessions.sqlite")
 
     def audit_url(self) -> str:
-        return self.audit or str(Path(self.root) / "audit.sqlite")
+        return self.audit or self.url or str(Path(self.root) / "audit.sqlite")
 
-    def ratelimits_path(self) -> str:
-        """The SQLite file of the rate-limit counts when `limits.storage` is not set."""
+    def threads_url(self) -> str | None:
+        """The chat app's thread database when it is not the default SQLite file (None)."""
+        return self.threads or self.url
+
+    def ratelimits_url(self) -> str:
+        """Where the rate-limit counts live when `limits.storage` is not set: the database of
+        `url`, else a SQLite file under the root."""
+        if self.url:
+            return self.url
         return str(Path(self.root) / "ratelimits.sqlite")

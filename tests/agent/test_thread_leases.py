@@ -62,8 +62,10 @@ def _user_turns(session) -> int:
     return sum(1 for m in session.messages() if m["role"] == "user")
 
 
-def test_two_processes_on_one_thread_keep_every_turn(tmp_path):
+def test_two_processes_on_one_thread_keep_every_turn(tmp_path, database):
     overrides = tiny_overrides(tmp_path)
+    if database("sessions").startswith("postgresql://"):  # sessions, leases, audit, limits in Postgres
+        overrides["store"]["url"] = database("sessions")
     app = Atelier("tiny", overrides)
     seeded = app.session(THREAD, user_id=USER).send("/adjust exposure=+0.5", images=[_png()])
     assert seeded.error is None and seeded.images
@@ -142,8 +144,8 @@ def test_a_second_writer_waits_for_the_first_to_finish(make_app):
     other.close()
 
 
-def test_a_crashed_holders_lease_expires(tmp_path):
-    url = str(tmp_path / "sessions.sqlite")
+def test_a_crashed_holders_lease_expires(database):
+    url = database("sessions")
     crashed = ThreadLeases(url, lease_s=1.0, wait_s=0)
     crashed.acquire("u/t")
     crashed._stop.set()  # the process "dies": no more heartbeats (its row stays behind)
@@ -152,16 +154,21 @@ def test_a_crashed_holders_lease_expires(tmp_path):
     with pytest.raises(ThreadBusyError):
         waiting.acquire("u/t")
     started = time.monotonic()
-    holder = ThreadLeases(url, lease_s=1.0, wait_s=5).acquire("u/t")
+    taker = ThreadLeases(url, lease_s=1.0, wait_s=5)
+    holder = taker.acquire("u/t")
     assert 0.3 < time.monotonic() - started < 3 and holder
+    for leases in (crashed, waiting, taker):
+        leases.close()
 
 
-def test_the_heartbeat_keeps_a_long_turns_lease(tmp_path):
-    url = str(tmp_path / "sessions.sqlite")
+def test_the_heartbeat_keeps_a_long_turns_lease(database):
+    url = database("sessions")
     running = ThreadLeases(url, lease_s=1.0, wait_s=0)
     with running.hold("u/long"):
         time.sleep(2.5)  # longer than the lease: renewed every lease_s / 3
+        other = ThreadLeases(url, lease_s=1.0, wait_s=0)
         with pytest.raises(ThreadBusyError):
-            ThreadLeases(url, lease_s=1.0, wait_s=0).acquire("u/long")
-    assert ThreadLeases(url, lease_s=1.0, wait_s=0).acquire("u/long")
+            other.acquire("u/long")
+    assert other.acquire("u/long")
     running.close()
+    other.close()

@@ -10,15 +10,17 @@ from tools.safety import AuditLog, PromptScreener
 from tools.settings import SafetySettings
 
 
-def test_records_round_trip_with_data(tmp_path):
-    log = AuditLog(tmp_path / "audit.sqlite")
+def test_records_round_trip_with_data(database):
+    url = database("audit")
+    log = AuditLog(url)
     log.record("request", user_id="u1", thread_id="t1", text="a cat")
     log.record("tool_call", user_id="u1", thread_id="t1", name="generate_image", args={"prompt": "a cat"})
     rows = log.events(thread_id="t1")
     assert [r["event"] for r in rows] == ["request", "tool_call"]
     assert rows[1]["args"] == {"prompt": "a cat"}
-    # persisted: a second connection sees them
-    assert len(AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}").events()) == 2
+    # persisted: a second connection (another process of the deployment) sees them
+    other = AuditLog(url if url.startswith("postgresql://") else f"sqlite:///{url}")
+    assert len(other.events()) == 2 and other.events(user_id="u1", event="tool_call")[0]["name"] == "generate_image"
 
 
 def test_refused_request_leaves_a_complete_trail(tmp_path):
@@ -55,8 +57,8 @@ def test_agent_session_audits_a_refused_request(tmp_path, monkeypatch):
     assert log.report()["refusals_by_category"] == {"violence": 1}
 
 
-def test_flags_bursts_near_duplicates_and_repeated_refusals(tmp_path):
-    log = AuditLog(tmp_path / "audit.sqlite")
+def test_flags_bursts_near_duplicates_and_repeated_refusals(database):
+    log = AuditLog(database("audit"))
     now = time.time()
     for i in range(25):
         log.record("request", user_id="bot", thread_id="t", text=f"a red sports car number {i}", ts=now + i)

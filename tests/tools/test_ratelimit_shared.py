@@ -1,4 +1,5 @@
-"""Rate limits shared by every process on one data root (a SQLite `limits` storage)."""
+"""Rate limits shared by every process on one data root (a SQLite `limits` storage) or one
+PostgreSQL database (`store.url`)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from tools.errors import RateLimitedError
 from tools.safety import RateLimiter
-from tools.safety.sqlite_limits import SQLiteStorage, sqlite_url
+from tools.safety.sql_limits import PostgresStorage, SQLiteStorage, sqlite_url
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_two_limiters_on_one_file_share_one_quota(tmp_path):
-    path = tmp_path / "ratelimits.sqlite"
+def test_two_limiters_on_one_database_share_one_quota(database):
+    path = database("ratelimits")
     a, b = RateLimiter("3/minute;5/day", str(path)), RateLimiter("3/minute;5/day", str(path))
     a.hit("alice")
     b.hit("alice")
@@ -37,8 +38,8 @@ def test_two_limiters_on_one_file_share_one_quota(tmp_path):
     b.close()
 
 
-def test_refused_hits_are_not_counted_in_any_window(tmp_path):
-    limiter = RateLimiter("10/minute;2/day", str(tmp_path / "r.sqlite"))
+def test_refused_hits_are_not_counted_in_any_window(database):
+    limiter = RateLimiter("10/minute;2/day", database("r"))
     limiter.hit("carol")
     limiter.hit("carol")
     for _ in range(5):
@@ -57,9 +58,11 @@ def test_memory_storage_is_still_per_instance():
         a.hit("dan")
 
 
-def test_the_storage_speaks_the_limits_api(tmp_path):
-    storage = storage_from_string(sqlite_url(tmp_path / "l.sqlite"))
-    assert isinstance(storage, SQLiteStorage) and storage.check()
+def test_the_storage_speaks_the_limits_api(database):
+    url = database("l")
+    postgres = url.startswith("postgresql://")
+    storage = storage_from_string(url if postgres else sqlite_url(url))
+    assert isinstance(storage, PostgresStorage if postgres else SQLiteStorage) and storage.check()
     moving, fixed = MovingWindowRateLimiter(storage), FixedWindowRateLimiter(storage)
     two = parse("2/second")
     assert moving.hit(two, "k") and moving.hit(two, "k") and not moving.hit(two, "k")
@@ -94,8 +97,8 @@ HITTER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_share_one_quota(tmp_path):
-    path, go = tmp_path / "ratelimits.sqlite", tmp_path / "go"
+def test_two_processes_share_one_quota(tmp_path, database):
+    path, go = database("ratelimits"), tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", HITTER, str(path), str(go), "10"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     time.sleep(1.5)  # both imported and waiting

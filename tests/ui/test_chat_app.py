@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import json
 import sqlite3
 import uuid
 
@@ -39,15 +40,23 @@ def _png(color=(200, 30, 30), size=(16, 12)) -> bytes:
 
 
 # -- storage provider ---------------------------------------------------------------------------
-def test_local_storage_round_trip_and_url(tmp_path):
-    storage = LocalStorageClient(tmp_path / "files")
+@pytest.mark.parametrize("where", ["directory", "fsspec"])
+def test_storage_round_trip_and_url(tmp_path, where):
+    """Element files in a local directory, or at any fsspec URL (here fsspec's in-memory file
+    system, standing in for s3:// and the like that several chat-app machines share)."""
+    root = tmp_path / "files" if where == "directory" else f"memory://chat-files-{uuid.uuid4().hex[:8]}"
+    storage = LocalStorageClient(root)
+    assert storage.local == (where == "directory")
     data = _png()
     out = run(storage.upload_file("user-1/el-2/my image.png", data, mime="image/png"))
     assert out["object_key"] == "user-1/el-2/my image.png"
     assert out["url"] == f"{FILES_ROUTE}/user-1/el-2/my%20image.png"
-    assert storage.path_for("user-1/el-2/my image.png").read_bytes() == data
+    assert storage.read_bytes("user-1/el-2/my image.png") == data
+    assert LocalStorageClient(root).read_bytes("user-1/el-2/my image.png") == data  # another process's client
+    if where == "directory":
+        assert (tmp_path / "files" / "user-1" / "el-2" / "my image.png").read_bytes() == data
     assert run(storage.delete_file("user-1/el-2/my image.png")) is True
-    assert not storage.path_for("user-1/el-2/my image.png").exists()
+    assert storage.read_bytes("user-1/el-2/my image.png") is None
     assert run(storage.delete_file("user-1/el-2/my image.png")) is False
 
 
@@ -63,10 +72,11 @@ def test_upload_without_overwrite_keeps_the_first_file(tmp_path):
     storage = LocalStorageClient(tmp_path)
     run(storage.upload_file("u/e/a.txt", "first"))
     run(storage.upload_file("u/e/a.txt", "second", overwrite=False))
-    assert storage.path_for("u/e/a.txt").read_text() == "first"
+    assert storage.read_bytes("u/e/a.txt") == b"first"
 
 
-def test_file_route_serves_stored_files_and_nothing_else(tmp_path):
+@pytest.mark.parametrize("where", ["directory", "fsspec"])
+def test_file_route_serves_stored_files_and_nothing_else(tmp_path, where):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
@@ -76,27 +86,46 @@ def test_file_route_serves_stored_files_and_nothing_else(tmp_path):
     async def catch_all(full_path: str):
         return {"frontend": full_path}
 
-    storage = LocalStorageClient(tmp_path / "files")
+    root = tmp_path / "files" if where == "directory" else f"memory://route-files-{uuid.uuid4().hex[:8]}"
+    storage = LocalStorageClient(root)
     run(storage.upload_file("u1/e1/fox.png", _png(), mime="image/png"))
     install_file_route(app, storage)
     install_file_route(app, storage)  # idempotent
     client = TestClient(app)
     ok = client.get(f"{FILES_ROUTE}/u1/e1/fox.png")
-    assert ok.status_code == 200 and ok.content == _png()
+    assert ok.status_code == 200 and ok.content == _png() and ok.headers["content-type"] == "image/png"
     assert client.get(f"{FILES_ROUTE}/u1/e1/missing.png").status_code == 404
     assert client.get(f"{FILES_ROUTE}/u1/%2E%2E/%2E%2E/secret").status_code in (400, 404)
     assert client.get("/some/page").json() == {"frontend": "some/page"}
 
 
-# -- data layer on SQLite ------------------------------------------------------------------------
-def test_schema_is_created_once_and_has_every_column_chainlit_writes(tmp_path):
-    db = tmp_path / "threads.sqlite"
+# -- data layer on SQLite and on PostgreSQL -------------------------------------------------------
+def _columns(db, table: str) -> set[str]:
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db)) as conn:
+            return {row[0] for row in conn.execute(
+                "select column_name from information_schema.columns where table_name = %s", (table,))}
+    with sqlite3.connect(db) as conn:
+        return {row[1] for row in conn.execute(f"pragma table_info({table})")}
+
+
+def _tables(db) -> set[str]:
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db)) as conn:
+            return {row[0] for row in conn.execute("select tablename from pg_tables where schemaname = 'public'")}
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
+
+
+def test_schema_is_created_once_and_has_every_column_chainlit_writes(database):
+    db = database("threads")
     ensure_schema(db)
     ensure_schema(db)  # idempotent
-    with sqlite3.connect(db) as conn:
-        tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
-        step_cols = {row[1] for row in conn.execute("pragma table_info(steps)")}
-        element_cols = {row[1] for row in conn.execute("pragma table_info(elements)")}
+    tables, step_cols, element_cols = _tables(db), _columns(db, "steps"), _columns(db, "elements")
     assert {"users", "threads", "steps", "elements", "feedbacks"} <= tables
     from chainlit.element import ElementDict
     from chainlit.step import StepDict
@@ -105,13 +134,14 @@ def test_schema_is_created_once_and_has_every_column_chainlit_writes(tmp_path):
     assert set(ElementDict.__annotations__) <= element_cols
 
 
-def test_thread_with_steps_and_image_survives_a_new_data_layer(tmp_path):
+def test_thread_with_steps_and_image_survives_a_new_data_layer(tmp_path, database):
     """What `on_chat_resume` relies on: a thread written by one server process is read back by
-    the next one, with its messages and its image elements pointing at stored files."""
+    the next one (on Postgres: any process of the deployment), with its messages and its image
+    elements pointing at stored files."""
     from chainlit.element import Image as ClImage
     from chainlit.user import User
 
-    db, files = tmp_path / "threads.sqlite", tmp_path / "files"
+    db, files = database("threads"), tmp_path / "files"
     image_path = tmp_path / "img_abc.png"
     image_path.write_bytes(_png((10, 200, 40)))
     thread_id, step_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -146,13 +176,14 @@ def test_thread_with_steps_and_image_survives_a_new_data_layer(tmp_path):
     thread, listed = run(read(user_id))
     assert thread is not None and thread["name"] == "a red fox"
     assert thread["tags"] == ["atelier"]
+    metadata = thread["metadata"] if isinstance(thread["metadata"], dict) else json.loads(thread["metadata"])
+    assert metadata["atelier_overrides"] == {"engine": {"steps": 3}}  # the chat's settings, restored on resume
     assert [s["output"] for s in thread["steps"]] == ["Here is your fox."]
     assert [t["id"] for t in listed] == [thread_id]
     (element,) = thread["elements"]
     assert element["name"] == "img_abc" and element["forId"] == step_id
     assert element["url"].startswith(FILES_ROUTE + "/")
-    stored = LocalStorageClient(files).path_for(element["objectKey"])
-    assert stored.read_bytes() == image_path.read_bytes()
+    assert LocalStorageClient(files).read_bytes(element["objectKey"]) == image_path.read_bytes()
 
 
 # -- launcher ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The audit log: one record per request, decision, tool call and produced image.
 
-SQLite by default (a path, or `sqlite:///path`); Postgres with a `postgresql://` URL (needs the
-`postgres` extra). `report()` summarises usage and flags bulk patterns: bursts of requests and
+SQLite by default (a path, or `sqlite:///path`); PostgreSQL with a `postgresql://` URL (needs the
+`postgres` extra), which every process and machine of a deployment writes to. `report()` summarises usage and flags bulk patterns: bursts of requests and
 many near-duplicate prompts from one user.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
-from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors
+from tools.dbfile import check_sqlite_file, connect_postgres, connect_wal, is_postgres, sqlite_errors
 
 EVENTS = ("request", "decision", "tool_call", "image", "consent", "error", "rate_limited")
 
@@ -34,19 +34,14 @@ class AuditLog:
         url = str(url)
         self.url = url
         self._lock = threading.Lock()
-        if url.startswith(("postgres://", "postgresql://")):
-            try:
-                import psycopg
-            except ImportError as err:  # pragma: no cover - optional extra
-                from tools.errors import ModelUnavailableError
-
-                raise ModelUnavailableError("a Postgres audit log needs the `postgres` extra (psycopg)") from err
-            self._db = psycopg.connect(url, autocommit=True)
+        if is_postgres(url):
+            self._db = connect_postgres(url, "audit")  # a pool: `_run` takes a connection per statement
             self._param = "%s"
-            self._db.execute(
+            self._run(
                 "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
                 "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)"
             )
+            self._run("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
         else:
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             if path != ":memory:":
@@ -61,12 +56,21 @@ class AuditLog:
                 )
                 self._db.execute("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
 
+    def _run(self, sql: str, params=()) -> list[tuple]:
+        """One statement; its rows ([] for a statement that returns none)."""
+        if self._param == "%s":
+            with self._db.connection() as conn:
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        cur = self._db.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
     def record(self, event: str, *, user_id: str, thread_id: str | None = None, **data: Any) -> None:
         """Append one record; `data` is stored as JSON (prompts, decisions, tool args, refs)."""
         p = self._param
         ts = data.pop("ts", None) or time.time()
         with self._lock:
-            self._db.execute(
+            self._run(
                 f"INSERT INTO audit (ts, event, user_id, thread_id, data) VALUES ({p}, {p}, {p}, {p}, {p})",
                 (ts, event, user_id, thread_id, json.dumps(data, default=str, ensure_ascii=False)),
             )
@@ -86,7 +90,7 @@ class AuditLog:
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY ts, id", params).fetchall()
+            rows = self._run(sql + " ORDER BY ts, id", params)
         return [
             {"id": r[0], "ts": r[1], "event": r[2], "user_id": r[3], "thread_id": r[4], **json.loads(r[5])}
             for r in rows

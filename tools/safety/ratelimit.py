@@ -1,7 +1,8 @@
 """Per-user rate limits with the `limits` library (moving window).
 
-The agent keeps the counts in `<data root>/ratelimits.sqlite` (`tools.safety.sqlite_limits`), so
-every process on one data root (servers, the chat app, the CLI) shares one quota per key.
+The agent keeps the counts in `<data root>/ratelimits.sqlite`, or in the Postgres database of
+`store.url` (`tools.safety.sql_limits`), so every process on one data root or one database (servers,
+the chat app, the CLI, several machines) shares one quota per key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from tools.errors import RateLimitedError
-from tools.safety.sqlite_limits import SQLiteStorage, sqlite_url
+from tools.safety.sql_limits import _WindowTables, sqlite_url
 
 
 class RateLimiter:
@@ -22,7 +23,8 @@ class RateLimiter:
 
     `storage_url`: None keeps the counts in this process's memory; a SQLite file (a path or
     `sqlite:///path`) shares them with every process that uses the same file; any other `limits`
-    storage URL (`redis://...`, `memcached://...`, `mongodb://...`) shares them across machines.
+    `postgresql://...` URL or any other `limits` storage URL (`redis://...`, `memcached://...`)
+    shares them across machines.
     """
 
     def __init__(self, spec: str, storage_url: str | None = None, *, namespace: str = "atelier"):
@@ -37,7 +39,7 @@ class RateLimiter:
 
     def hit(self, user_id: str) -> None:
         """Count one request of `user_id`, or raise RateLimitedError without counting it."""
-        if isinstance(self.storage, SQLiteStorage):  # every limit checked and counted in one transaction
+        if isinstance(self.storage, _WindowTables):  # every limit checked and counted in one transaction
             full = self.storage.acquire_entries(
                 [(limit.key_for(self.namespace, user_id), limit.amount, limit.get_expiry()) for limit in self.limits])
             if full is not None:
@@ -73,7 +75,7 @@ class RateLimiter:
         self.storage.reset()
 
     def close(self) -> None:
-        if isinstance(self.storage, SQLiteStorage):
+        if isinstance(self.storage, _WindowTables):
             self.storage.close()
 
 

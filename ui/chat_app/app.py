@@ -43,8 +43,9 @@ log = logging.getLogger("atelier.chat")
 PROFILE = load_profile(os.environ.get(ENV_PROFILE), json.loads(os.environ.get(ENV_OVERRIDES) or "{}"))
 BASE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get(ENV_OVERRIDES) or "{}")
 APP_DIR = ui_root(PROFILE.store.root)
-DB_PATH = APP_DIR / "threads.sqlite"
-FILES_DIR = APP_DIR / "files"
+# the threads: a SQLite file of the app, or the Postgres database of store.url / store.threads
+DB_PATH = PROFILE.store.threads_url() or APP_DIR / "threads.sqlite"
+FILES_DIR = PROFILE.store.files or APP_DIR / "files"  # a path or an fsspec URL
 TEXTS = render.texts()
 LOCAL_USER = "local"
 PROGRESS_INTERVAL_S = 0.25  # at most four progress updates a second per step (each is persisted)
