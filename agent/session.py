@@ -32,7 +32,9 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -49,7 +51,7 @@ from agent.slash import is_slash, parse_slash
 from agent.studio import open_store
 from tools.dbfile import (POSTGRES_EXTRA, check_sqlite_file, connect_postgres, is_postgres, postgres_where,
                           sqlite_path)
-from tools.errors import AtelierError, BadImageError, PromptTooLongError, RefusedError
+from tools.errors import AtelierError, BadImageError, CheckpointError, PromptTooLongError, RefusedError
 from tools.schemas import is_ref
 from tools.store import LOCAL_USER, ImageStore, ImageVersion, OwnedImages
 
@@ -79,9 +81,17 @@ def open_checkpointer(url: str):
         except ImportError:
             raise AtelierError(f"a Postgres sessions URL needs the postgres extra: {POSTGRES_EXTRA}") from None
         pool = connect_postgres(url, "sessions", max_size=8, prepare_threshold=0, row_factory=dict_row)
-        saver = guarded(PostgresSaver, postgres_where(url), pool)
+        saver = guarded(_plain_index_saver(PostgresSaver), postgres_where(url), pool)
         with pool.connection() as conn:  # two processes starting at once must not both migrate
-            conn.execute("SELECT pg_advisory_lock(hashtext('atelier sessions schema'))")
+            # Polled, not a blocking pg_advisory_lock: a waiter blocked inside a statement holds a
+            # transaction open, and index builds wait for open transactions.
+            deadline = time.monotonic() + 120
+            while not conn.execute("SELECT pg_try_advisory_lock(hashtext('atelier sessions schema')) AS ok"
+                                   ).fetchone()["ok"]:
+                if time.monotonic() > deadline:
+                    raise CheckpointError(f"the sessions database {postgres_where(url)} is being set up by another "
+                                          "process for over 2 minutes; try again")
+                time.sleep(0.1)
             try:
                 saver.setup()
             finally:
@@ -94,6 +104,19 @@ def open_checkpointer(url: str):
     check_sqlite_file(path, "sessions")  # garbage or corrupt: one line naming the file, the file untouched
     conn = sqlite3.connect(path, check_same_thread=False)
     return guarded(SqliteSaver, path, conn)
+
+
+@lru_cache(maxsize=None)
+def _plain_index_saver(saver_cls: type) -> type:
+    """LangGraph's Postgres saver with its migrations' `CREATE INDEX CONCURRENTLY` made plain.
+
+    A concurrent build waits for every transaction open anywhere in the database to end, and the
+    chat app's data layer (in the same database, on the same event loop as the first turn that
+    opens the checkpointer) has its statements' transactions open while it waits: seen here, the
+    first message of a chat app on Postgres hung until the test gave up. The indexes are built on
+    first start, on empty tables, where a plain build takes milliseconds."""
+    migrations = [m.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX") for m in saver_cls.MIGRATIONS]
+    return type(f"PlainIndex{saver_cls.__name__}", (saver_cls,), {"MIGRATIONS": migrations})
 
 
 class Atelier:

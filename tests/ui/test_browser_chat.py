@@ -488,3 +488,42 @@ def test_the_offline_planner_shows_its_first_run_preparation_and_a_stop_ends_it(
         assert page.get_by_text("still working on your previous request").count() == 0
     finally:
         context.close()
+
+
+def test_two_chat_app_machines_on_one_postgres_share_threads_and_pictures(browser, postgres_url, start_chat_server,
+                                                                          tmp_path):
+    """The scale-out deployment with the chat app: a chat made on one machine is listed, shown with
+    its pictures and continued on another (threads in Postgres, element files and image versions
+    in shared stores, each machine with its own data root)."""
+    shared = {"ATELIER_STORE__URL": postgres_url, "ATELIER_STORE__IMAGES": str(tmp_path / "images"),
+              "ATELIER_STORE__FILES": str(tmp_path / "chat-files"),
+              "ATELIER_PROVENANCE__KEY_DIR": str(tmp_path / "keys")}
+    first, second = start_chat_server(shared), start_chat_server(shared)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    try:
+        page = context.new_page()
+        _open_chat(page, first)
+        _send(page, "a windmill on a hill")
+        _assistant_images(page).first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(page)
+        page.wait_for_timeout(1500)  # the data layer writes after the message is shown
+
+        other = context.new_page()
+        _open_chat(other, second)
+        history = other.locator("#thread-history")
+        history.get_by_text("a windmill on a hill").first.wait_for(timeout=30_000)
+        history.get_by_text("a windmill on a hill").first.click()
+        _assistant_images(other).first.wait_for(timeout=30_000)
+        img = _assistant_images(other).first
+        other.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+        _send(other, "/adjust exposure=+0.5")  # continues the thread made on the first machine
+        other.locator("[id^='step-']", has_text="adjust_image").first.wait_for(timeout=TURN_TIMEOUT)
+        _wait_turn_done(other)
+        assert _assistant_images(other).count() >= 2
+        assert other.get_by_text(re.compile("could not|error", re.I)).count() == 0
+        _shot(other, "17-second-machine-continues-the-thread")
+    finally:
+        context.close()
+    for server in (first, second):
+        assert not list((server.home / "data").rglob("*.sqlite")), list((server.home / "data").rglob("*.sqlite"))

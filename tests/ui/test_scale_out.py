@@ -188,3 +188,28 @@ def test_a_dropped_connection_costs_one_reconnect_not_every_later_request(tmp_pa
     assert len(session.history()) == 2
     for closable in (log, limiter, leases, app):
         closable.close()
+
+
+def test_processes_that_start_at_once_set_the_database_up_once(postgres_url):
+    """Every store creates its tables on first use; machines that start together must not
+    collide or wait for each other forever (index builds wait for open transactions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.session import open_checkpointer
+    from tools.safety import RateLimiter
+    from ui.chat_app.data_layer import ensure_schema
+
+    def start(_):
+        saver = open_checkpointer(postgres_url)
+        limiter = RateLimiter("5/minute", postgres_url)
+        ensure_schema(postgres_url)
+        log = AuditLog(postgres_url)
+        return saver, limiter, log
+
+    with ThreadPoolExecutor(4) as pool:
+        started = [f.result(timeout=120) for f in [pool.submit(start, i) for i in range(4)]]
+    assert {"checkpoints", "rate_entries", "threads", "steps", "audit"} <= _tables(postgres_url)
+    for saver, limiter, log in started:
+        saver.conn.close()
+        limiter.close()
+        log.close()
