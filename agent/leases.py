@@ -75,7 +75,8 @@ class ThreadLeases:
         self._what = postgres_where(self.url)
         self._p = "%s"
         self._pool = connect_postgres(self.url, "sessions")
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction():  # processes starting at once
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier leases schema'))")
             conn.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
                          "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)")
 

@@ -37,11 +37,11 @@ class AuditLog:
         if is_postgres(url):
             self._db = connect_postgres(url, "audit")  # a pool: `_run` takes a connection per statement
             self._param = "%s"
-            self._run(
-                "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
-                "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)"
-            )
-            self._run("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
+            with self._db.connection() as conn, conn.transaction():  # processes starting at once
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier audit schema'))")
+                conn.execute("CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
+                             "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)")
+                conn.execute("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
         else:
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             if path != ":memory:":
