@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tools.dbfile import check_sqlite_file, connect_wal, is_postgres, sqlite_errors, sqlite_path
+from tools.dbfile import (check_sqlite_file, connect_postgres, connect_wal, create_postgres_tables, is_postgres,
+                          postgres_where, sqlite_errors, sqlite_path)
 from tools.errors import AtelierError, CheckpointError, ThreadBusyError
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,12 @@ class ThreadLeases:
                              "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)")
 
     def _open_postgres(self) -> None:
-        from tools.dbfile import connect_postgres, postgres_where
-
         self._what = postgres_where(self.url)
         self._p = "%s"
         self._pool = connect_postgres(self.url, "sessions")
-        with self._pool.connection() as conn, conn.transaction():  # processes starting at once
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier leases schema'))")
-            conn.execute("CREATE TABLE IF NOT EXISTS atelier_thread_leases "
-                         "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)")
+        create_postgres_tables(self._pool, "leases", (
+            "CREATE TABLE IF NOT EXISTS atelier_thread_leases "
+            "(thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)",))
 
     def _execute(self, sql: str, params: tuple = ()) -> tuple[int, list[tuple]]:
         """(rows changed, rows returned) of one statement, under the connection's lock."""

@@ -142,3 +142,13 @@ def connect_postgres(url: str, what: str, *, max_size: int = 4, **kwargs):
             "check store.url and that the server is running — nothing was changed") from None
     return ConnectionPool(str(url), min_size=1, max_size=max_size, open=True, kwargs=kwargs,
                           check=ConnectionPool.check_connection, name=f"atelier-{what}")
+
+
+def create_postgres_tables(pool, what: str, statements: list[str] | tuple[str, ...]) -> None:
+    """Run a store's `CREATE ... IF NOT EXISTS` statements in one transaction under an advisory lock
+    named for the store, so processes that start at once do not collide on Postgres's catalog
+    (`IF NOT EXISTS` alone races: a UniqueViolation on pg_type)."""
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"atelier {what} schema",))
+        for statement in statements:
+            conn.execute(statement)

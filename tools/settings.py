@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from tools.dbfile import is_postgres
+
 
 def default_data_root() -> str:
     return os.environ.get("ATELIER_HOME", str(Path.home() / ".atelier"))
@@ -211,7 +213,7 @@ class StoreSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+        if value is not None and not is_postgres(value):
             raise ValueError("store.url is a PostgreSQL URL (postgresql://user:password@host:port/database); "
                              "leave it unset for SQLite files under store.root")
         return value

@@ -51,6 +51,17 @@ def _wait_turn_done(page) -> None:
     page.locator("#stop-button").wait_for(state="detached", timeout=TURN_TIMEOUT)
 
 
+def _open_listed_thread(page, title: str):
+    """Open a stored thread from the history list; its first picture once it has loaded."""
+    history = page.locator("#thread-history")
+    history.get_by_text(title).first.wait_for(timeout=30_000)
+    history.get_by_text(title).first.click()
+    _assistant_images(page).first.wait_for(timeout=30_000)
+    img = _assistant_images(page).first
+    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+    return img
+
+
 def _photo(path, size=(96, 64)) -> str:
     image = Image.new("RGB", size, (70, 110, 160))
     draw = ImageDraw.Draw(image)
@@ -132,12 +143,7 @@ def test_thread_is_listed_and_resumes_with_its_images(page, chat_server):
     _wait_turn_done(page)
     page.wait_for_timeout(1500)  # the data layer writes after the message is shown
     page.reload(wait_until="domcontentloaded")
-    history = page.locator("#thread-history")
-    history.get_by_text("a lighthouse at dusk").first.wait_for(timeout=30_000)
-    history.get_by_text("a lighthouse at dusk").first.click()
-    _assistant_images(page).first.wait_for(timeout=30_000)
-    img = _assistant_images(page).first
-    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+    img = _open_listed_thread(page, "a lighthouse at dusk")
     assert "/atelier/files/" in img.get_attribute("src")
     _shot(page, "06-resumed-thread")
 
@@ -511,12 +517,7 @@ def test_two_chat_app_machines_on_one_postgres_share_threads_and_pictures(browse
 
         other = context.new_page()
         _open_chat(other, second)
-        history = other.locator("#thread-history")
-        history.get_by_text("a windmill on a hill").first.wait_for(timeout=30_000)
-        history.get_by_text("a windmill on a hill").first.click()
-        _assistant_images(other).first.wait_for(timeout=30_000)
-        img = _assistant_images(other).first
-        other.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+        _open_listed_thread(other, "a windmill on a hill")
         _send(other, "/adjust exposure=+0.5")  # continues the thread made on the first machine
         other.locator("[id^='step-']", has_text="adjust_image").first.wait_for(timeout=TURN_TIMEOUT)
         _wait_turn_done(other)

@@ -1,8 +1,9 @@
 """The audit log: one record per request, decision, tool call and produced image.
 
 SQLite by default (a path, or `sqlite:///path`); PostgreSQL with a `postgresql://` URL (needs the
-`postgres` extra), which every process and machine of a deployment writes to. `report()` summarises usage and flags bulk patterns: bursts of requests and
-many near-duplicate prompts from one user.
+`postgres` extra), which every process and machine of a deployment writes to. `report()`
+summarises usage and flags bulk patterns: bursts of requests and many near-duplicate prompts from
+one user.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
-from tools.dbfile import check_sqlite_file, connect_postgres, connect_wal, is_postgres, sqlite_errors
+from tools.dbfile import (check_sqlite_file, connect_postgres, connect_wal, create_postgres_tables, is_postgres,
+                          sqlite_errors)
 
 EVENTS = ("request", "decision", "tool_call", "image", "consent", "error", "rate_limited")
 
@@ -37,11 +39,11 @@ class AuditLog:
         if is_postgres(url):
             self._db = connect_postgres(url, "audit")  # a pool: `_run` takes a connection per statement
             self._param = "%s"
-            with self._db.connection() as conn, conn.transaction():  # processes starting at once
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier audit schema'))")
-                conn.execute("CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
-                             "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)")
-                conn.execute("CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)")
+            create_postgres_tables(self._db, "audit", (
+                "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, "
+                "event TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT, data TEXT NOT NULL)",
+                "CREATE INDEX IF NOT EXISTS audit_user_ts ON audit (user_id, ts)",
+            ))
         else:
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             if path != ":memory:":

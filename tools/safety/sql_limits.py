@@ -20,7 +20,7 @@ from typing import Any
 
 from limits.storage import MovingWindowSupport, Storage
 
-from tools.dbfile import check_sqlite_file, connect_wal, sqlite_errors
+from tools.dbfile import check_sqlite_file, connect_postgres, connect_wal, create_postgres_tables, sqlite_errors
 
 BUSY_TIMEOUT_S = 10.0
 PRUNE_EVERY_S = 60.0  # expired rows of every key (keys never seen again, rotating addresses) go this often
@@ -180,15 +180,9 @@ class PostgresStorage(_WindowTables, Storage, MovingWindowSupport):
 
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        from tools.dbfile import connect_postgres
-
         self.url = uri
         self._pool = connect_postgres(uri, "rate-limit")
-        with self._pool.connection() as conn, conn.transaction():
-            # two processes creating the tables at once would collide on the catalog
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier rate limits schema'))")
-            for statement in _SCHEMA:
-                conn.execute(statement.format(real="DOUBLE PRECISION"))
+        create_postgres_tables(self._pool, "rate limits", [st.format(real="DOUBLE PRECISION") for st in _SCHEMA])
 
     @property
     def base_exceptions(self):

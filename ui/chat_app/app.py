@@ -44,7 +44,7 @@ PROFILE = load_profile(os.environ.get(ENV_PROFILE), json.loads(os.environ.get(EN
 BASE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get(ENV_OVERRIDES) or "{}")
 APP_DIR = ui_root(PROFILE.store.root)
 # the threads: a SQLite file of the app, or the Postgres database of store.url / store.threads
-DB_PATH = PROFILE.store.threads_url() or APP_DIR / "threads.sqlite"
+THREADS_DB = PROFILE.store.threads_url() or APP_DIR / "threads.sqlite"
 FILES_DIR = PROFILE.store.files or APP_DIR / "files"  # a path or an fsspec URL
 TEXTS = render.texts()
 LOCAL_USER = "local"
@@ -79,7 +79,7 @@ install_file_route(fastapi_app, STORAGE)
 
 @cl.data_layer
 def _data_layer():
-    return build_data_layer(DB_PATH, FILES_DIR, storage=STORAGE)
+    return build_data_layer(THREADS_DB, FILES_DIR, storage=STORAGE)
 
 
 # -- sign-in: a password when configured, else one local user (thread history needs a user) ---

@@ -28,7 +28,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from fsspec.implementations.local import LocalFileSystem
 
-from tools.dbfile import connect_postgres, is_postgres
+from tools.dbfile import connect_postgres, create_postgres_tables, is_postgres
 
 FILES_ROUTE = "/atelier/files"
 _JSON_LIST_COLUMNS = ("tags", "thread_tags", "step_tags")
@@ -43,10 +43,8 @@ def ensure_schema(db: str | os.PathLike) -> None:
     """Create the data layer's tables (idempotent) in a SQLite file or a Postgres database."""
     if is_postgres(db):
         pool = connect_postgres(str(db), "chat threads", max_size=1)
-        try:
-            with pool.connection() as conn, conn.transaction():  # chat-app processes starting at once
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('atelier chat threads schema'))")
-                conn.execute(schema_sql("postgresql"))  # no parameters: the whole script in one go
+        try:  # the whole script in one statement (no parameters)
+            create_postgres_tables(pool, "chat threads", (schema_sql("postgresql"),))
         finally:
             pool.close()
         return
