@@ -411,7 +411,9 @@ def test_the_seed_setting_fixes_the_seed_of_every_picture(tmp_path):
     one, two = (session.call_tool("generate_image", {"prompt": "a red kite"}) for _ in range(2))
     assert one.tool_calls[0].result.seeds == two.tool_calls[0].result.seeds == [77]
     a, b = (np.asarray(Image.open(r.images[0].path).convert("RGB"), dtype=float) for r in (one, two))
-    assert np.abs(a - b).mean() < 3  # the same picture (only the two watermarks differ)
+    # the same picture, only the two (random) watermark ids differ. Measured on the tiny engine:
+    # same seed 2.3-2.7 mean abs difference over six runs (3.03 seen once in CI), another seed ~18.5
+    assert np.abs(a - b).mean() < 6
     fixed.close()
 
     free = Atelier(profile=load_profile("tiny", {"store": {"root": str(tmp_path / "b")}}, environ={}))
